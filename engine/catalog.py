@@ -1,0 +1,646 @@
+"""The DuckDB workspace catalog: the only module that speaks SQL.
+
+A *project* is one folder::
+
+    <project>/
+      catalog.duckdb        samples, labels, classes, runs, quarantine, analyses, decisions
+      embeddings/<enc>/     vector shards written by ``engine.embed``
+      indexes/<enc>/        FAISS indexes and the cached kNN graph
+      thumbnails/           cached thumbnails for the UI
+      exports/              cleaned manifests, ImageFolder trees, annotation queues
+
+Concurrency model: DuckDB allows one read-write process per file.  Every operation opens a short-lived
+connection (``Catalog.connect``), does its work inside one transaction and closes it, so the UI and the
+CLI can share a project.  A second process that finds the file locked retries for ``wait_s`` seconds and
+then raises :class:`ProjectBusyError` ("project is busy") — it never corrupts the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+DEFAULT_PROJECT = "curate-project"
+CATALOG_FILE = "catalog.duckdb"
+SUBDIRS = ("embeddings", "indexes", "thumbnails", "exports")
+
+DECISION_ACTIONS = ("keep", "relabel", "remove", "merge")
+
+
+class CurateError(Exception):
+    """An error with a one-line, user-facing message (the CLI prints it without a traceback)."""
+
+
+class ProjectBusyError(CurateError):
+    pass
+
+
+class ProjectNotFoundError(CurateError):
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    from engine import __version__
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=2,
+        ).stdout.strip()
+    except Exception:
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema and forward-only migrations.  Never edit a released migration: append a new one.
+# --------------------------------------------------------------------------------------------------
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL);
+        CREATE SEQUENCE IF NOT EXISTS seq_sample START 1;
+        CREATE SEQUENCE IF NOT EXISTS seq_run START 1;
+        CREATE SEQUENCE IF NOT EXISTS seq_decision START 1;
+        CREATE SEQUENCE IF NOT EXISTS seq_label START 1;
+        CREATE TABLE samples (
+            id BIGINT PRIMARY KEY,
+            content_hash VARCHAR NOT NULL,
+            path VARCHAR NOT NULL UNIQUE,
+            width INTEGER,
+            height INTEGER,
+            format VARCHAR,
+            mode VARCHAR,
+            bytes BIGINT,
+            split VARCHAR,
+            source VARCHAR,
+            ingest_run BIGINT,
+            ingested_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX idx_samples_hash ON samples(content_hash);
+        CREATE TABLE classes (name VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL);
+        CREATE TABLE labels (
+            id BIGINT PRIMARY KEY,
+            sample_id BIGINT NOT NULL,
+            class_name VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE INDEX idx_labels_sample ON labels(sample_id);
+        CREATE TABLE quarantine (
+            path VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            content_hash VARCHAR,
+            run_id BIGINT,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE runs (
+            id BIGINT PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            params JSON,
+            code_version VARCHAR,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            seconds DOUBLE,
+            summary JSON
+        );
+        CREATE TABLE embedding_sets (
+            encoder VARCHAR PRIMARY KEY,
+            dim INTEGER NOT NULL,
+            dtype VARCHAR NOT NULL,
+            preprocessing JSON,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE embedding_shards (
+            encoder VARCHAR NOT NULL,
+            shard VARCHAR NOT NULL,
+            n INTEGER NOT NULL,
+            sha256 VARCHAR NOT NULL,
+            run_id BIGINT,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (encoder, shard)
+        );
+        CREATE TABLE embedded (
+            encoder VARCHAR NOT NULL,
+            sample_id BIGINT NOT NULL,
+            shard VARCHAR NOT NULL,
+            row INTEGER NOT NULL,
+            PRIMARY KEY (encoder, sample_id)
+        );
+        CREATE TABLE predictions (
+            sample_id BIGINT PRIMARY KEY,
+            probs FLOAT[] NOT NULL,
+            class_names VARCHAR[] NOT NULL,
+            source VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE image_stats (
+            sample_id BIGINT PRIMARY KEY,
+            brightness DOUBLE, contrast DOUBLE, blur DOUBLE, entropy DOUBLE,
+            colorfulness DOUBLE, aspect_ratio DOUBLE, area DOUBLE, is_grayscale BOOLEAN
+        );
+        CREATE TABLE label_issues (
+            run_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            given_label VARCHAR,
+            suggested_label VARCHAR,
+            suggested_confidence DOUBLE,
+            label_quality DOUBLE,
+            is_issue BOOLEAN,
+            rank INTEGER
+        );
+        CREATE TABLE duplicates (
+            run_id BIGINT NOT NULL,
+            set_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            kind VARCHAR NOT NULL,
+            similarity DOUBLE,
+            is_keeper BOOLEAN,
+            crosses_splits BOOLEAN
+        );
+        CREATE TABLE outliers (
+            run_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            score DOUBLE,
+            is_outlier BOOLEAN,
+            rank INTEGER
+        );
+        CREATE TABLE image_issues (
+            run_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            issue VARCHAR NOT NULL,
+            score DOUBLE
+        );
+        CREATE TABLE clusters (
+            run_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            cluster INTEGER,
+            x DOUBLE,
+            y DOUBLE,
+            distance DOUBLE
+        );
+        CREATE TABLE cluster_summaries (
+            run_id BIGINT NOT NULL,
+            cluster INTEGER NOT NULL,
+            size INTEGER,
+            name VARCHAR,
+            majority_label VARCHAR,
+            purity DOUBLE,
+            representatives BIGINT[],
+            atypical BIGINT[]
+        );
+        CREATE TABLE queries (
+            run_id BIGINT NOT NULL,
+            batch_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            strategy VARCHAR NOT NULL,
+            score DOUBLE,
+            rank INTEGER,
+            reason VARCHAR
+        );
+        CREATE TABLE decisions (
+            id BIGINT PRIMARY KEY,
+            sample_id BIGINT NOT NULL,
+            action VARCHAR NOT NULL,
+            new_label VARCHAR,
+            reason VARCHAR,
+            who VARCHAR,
+            created_at TIMESTAMP NOT NULL,
+            undoes BIGINT
+        );
+        CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+        """,
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Analyses tables whose rows are replaced wholesale by each run of that analysis.
+ANALYSIS_TABLES = ("label_issues", "duplicates", "outliers", "image_issues", "clusters", "cluster_summaries")
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return "lock" in msg and ("conflicting" in msg or "could not set lock" in msg or "locked" in msg)
+
+
+@dataclass
+class Project:
+    """Paths of a project workspace."""
+
+    root: Path
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_FILE
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.root / "thumbnails"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
+
+def init_project(root: str | os.PathLike) -> "Catalog":
+    """Create (or open, if it already exists) a project workspace at ``root``."""
+    root = Path(root).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise CurateError(f"{root} exists and is not a folder; choose another --project path")
+    root.mkdir(parents=True, exist_ok=True)
+    for d in SUBDIRS:
+        (root / d).mkdir(exist_ok=True)
+    cat = Catalog(root)
+    cat.migrate()
+    return cat
+
+
+def open_project(root: str | os.PathLike | None = None, create: bool = False) -> "Catalog":
+    """Open an existing project (or create it when ``create``)."""
+    root = Path(root or DEFAULT_PROJECT).expanduser().resolve()
+    if create:
+        return init_project(root)
+    if not (root / CATALOG_FILE).exists():
+        raise ProjectNotFoundError(
+            f"no Curate project at {root} (missing {CATALOG_FILE}); run `curate init {root}` or pass --project DIR"
+        )
+    cat = Catalog(root)
+    cat.migrate()
+    return cat
+
+
+class Catalog:
+    """Typed access to a project's DuckDB catalog.
+
+    Parameters
+    ----------
+    root : path of the project folder.
+    wait_s : how long to wait for another process holding the write lock before raising
+        :class:`ProjectBusyError`.
+    """
+
+    def __init__(self, root: str | os.PathLike, wait_s: float | None = None):
+        self.project = Project(Path(root).expanduser().resolve())
+        self.root = self.project.root
+        self.path = self.project.catalog_path
+        self.wait_s = float(os.environ.get("CURATE_LOCK_WAIT", "30")) if wait_s is None else wait_s
+
+    # ---------------------------------------------------------------- connections
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits for a concurrent writer up to ``wait_s``."""
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                break
+            except duckdb.Error as exc:  # IOException on lock conflicts
+                if not _is_lock_error(exc):
+                    raise CurateError(f"cannot open catalog {self.path}: {exc}".splitlines()[0]) from exc
+                if time.monotonic() >= deadline:
+                    raise ProjectBusyError(
+                        f"project is busy: another curate process holds {self.path} "
+                        f"(waited {self.wait_s:.0f}s); wait for it to finish or close it, then retry"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection, one transaction: everything inside commits together or not at all."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            else:
+                con.execute("COMMIT")
+
+    def query_df(self, sql: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    # ---------------------------------------------------------------- schema
+    def migrate(self) -> int:
+        """Apply forward migrations; returns the schema version."""
+        with self.connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)")
+            current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise CurateError(
+                    f"{self.path} has schema v{current}, newer than this curate (v{SCHEMA_VERSION}); upgrade curate"
+                )
+            for version, sql in MIGRATIONS:
+                if version <= current:
+                    continue
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    con.execute(sql)
+                    con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, utcnow()])
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        return int(self.scalar("SELECT max(version) FROM schema_version") or 0)
+
+    # ---------------------------------------------------------------- meta
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        v = self.scalar("SELECT value FROM meta WHERE key = ?", [key])
+        return default if v is None else v
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def version_token(self) -> str:
+        """A token that changes whenever samples are added (used to detect stale indexes)."""
+        n, mx = self.query("SELECT count(*), coalesce(max(id), 0) FROM samples")[0]
+        return f"{n}:{mx}"
+
+    # ---------------------------------------------------------------- runs
+    def start_run(self, kind: str, params: dict | None = None) -> int:
+        with self.transaction() as con:
+            run_id = con.execute("SELECT nextval('seq_run')").fetchone()[0]
+            con.execute(
+                "INSERT INTO runs (id, kind, params, code_version, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)",
+                [run_id, kind, json.dumps(params or {}, default=str), code_version(), utcnow()],
+            )
+        return int(run_id)
+
+    def finish_run(self, run_id: int, summary: dict | None = None, status: str = "ok", con=None) -> None:
+        sql = (
+            "UPDATE runs SET status = ?, finished_at = ?, seconds = date_diff('millisecond', started_at, ?) / 1000.0, "
+            "summary = ? WHERE id = ?"
+        )
+        now = utcnow()
+        args = [status, now, now, json.dumps(summary or {}, default=_json_default), run_id]
+        if con is not None:
+            con.execute(sql, args)
+        else:
+            with self.transaction() as c:
+                c.execute(sql, args)
+
+    def runs(self, limit: int = 20) -> pd.DataFrame:
+        return self.query_df(
+            "SELECT id, kind, status, started_at, seconds, code_version, params, summary FROM runs ORDER BY id DESC LIMIT ?",
+            [limit],
+        )
+
+    def last_run(self, kind: str, status: str = "ok") -> dict | None:
+        df = self.query_df(
+            "SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY id DESC LIMIT 1", [kind, status]
+        )
+        if df.empty:
+            return None
+        row = df.iloc[0].to_dict()
+        for k in ("params", "summary"):
+            if isinstance(row.get(k), str):
+                row[k] = json.loads(row[k])
+        return row
+
+    # ---------------------------------------------------------------- samples & labels
+    def counts(self) -> dict[str, int]:
+        q = {
+            "samples": "SELECT count(*) FROM samples",
+            "labeled": "SELECT count(DISTINCT sample_id) FROM labels",
+            "classes": "SELECT count(*) FROM classes",
+            "quarantined": "SELECT count(DISTINCT path) FROM quarantine",
+            "decisions": "SELECT count(*) FROM decisions",
+        }
+        with self.connect(read_only=True) as con:
+            return {k: int(con.execute(v).fetchone()[0]) for k, v in q.items()}
+
+    def samples(self, columns: str = "*") -> pd.DataFrame:
+        """All samples ordered by id (analyses align arrays to this order)."""
+        return self.query_df(f"SELECT {columns} FROM samples ORDER BY id")
+
+    def sample(self, sample_id: int) -> dict | None:
+        df = self.query_df("SELECT * FROM samples WHERE id = ?", [int(sample_id)])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def class_names(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT name FROM classes ORDER BY name")]
+
+    CURRENT_LABELS_SQL = """
+        WITH given AS (
+            SELECT sample_id, class_name FROM labels
+            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
+        ), live AS (
+            SELECT d.* FROM decisions d
+            WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+        ), relabel AS (
+            SELECT sample_id, new_label FROM live WHERE action = 'relabel'
+            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
+        )
+        SELECT s.id AS sample_id, coalesce(r.new_label, g.class_name) AS label, g.class_name AS given_label
+        FROM samples s LEFT JOIN given g ON g.sample_id = s.id LEFT JOIN relabel r ON r.sample_id = s.id
+    """
+
+    def current_labels(self) -> pd.DataFrame:
+        """sample_id, label (after live relabel decisions), given_label (as ingested/annotated); NULL = unlabeled."""
+        return self.query_df(self.CURRENT_LABELS_SQL + " ORDER BY s.id")
+
+    def add_labels(self, rows: Iterable[tuple[int, str]], source: str, con=None) -> int:
+        """Append labels (sample_id, class_name) and register new classes."""
+        rows = [(int(s), str(c)) for s, c in rows]
+        if not rows:
+            return 0
+
+        def _do(c):
+            now = utcnow()
+            c.executemany(
+                "INSERT INTO labels VALUES (nextval('seq_label'), ?, ?, ?, ?)", [(s, n, source, now) for s, n in rows]
+            )
+            c.executemany(
+                "INSERT INTO classes VALUES (?, ?) ON CONFLICT DO NOTHING", [(n, now) for n in sorted({n for _, n in rows})]
+            )
+
+        if con is not None:
+            _do(con)
+        else:
+            with self.transaction() as c:
+                _do(c)
+        return len(rows)
+
+    # ---------------------------------------------------------------- quarantine
+    def quarantine_rows(self) -> pd.DataFrame:
+        return self.query_df("SELECT * FROM quarantine ORDER BY created_at, path")
+
+    def add_quarantine(self, rows: Iterable[tuple[str, str, str, str | None]], run_id: int | None = None, con=None) -> None:
+        """rows of (path, reason, stage, content_hash); a (path, stage) already quarantined is not repeated."""
+        rows = list(rows)
+        if not rows:
+            return
+
+        def _do(c):
+            now = utcnow()
+            for path, reason, stage, h in rows:
+                c.execute("DELETE FROM quarantine WHERE path = ? AND stage = ?", [path, stage])
+                c.execute("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?)", [path, reason, stage, h, run_id, now])
+
+        if con is not None:
+            _do(con)
+        else:
+            with self.transaction() as c:
+                _do(c)
+
+    # ---------------------------------------------------------------- analyses results
+    def replace_analysis(self, table: str, df: pd.DataFrame, run_id: int, summary: dict | None = None,
+                         where: str | None = None, where_params: Sequence[Any] | None = None) -> None:
+        """Atomically replace an analysis table's rows with ``df`` and mark ``run_id`` finished.
+
+        ``where`` (with bound ``where_params``) limits the delete, e.g. ``"issue = ?"``.
+        """
+        if table not in ANALYSIS_TABLES + ("queries", "image_stats"):
+            raise ValueError(f"not an analysis table: {table}")
+        df = df.copy()
+        if "run_id" not in df.columns and table != "image_stats":
+            df.insert(0, "run_id", run_id)
+        with self.transaction() as con:
+            con.execute(f"DELETE FROM {table}" + (f" WHERE {where}" if where else ""), list(where_params or []))
+            if len(df):
+                con.register("_incoming", df)
+                cols = ", ".join(df.columns)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+                con.unregister("_incoming")
+            self.finish_run(run_id, summary, con=con)
+
+    def append_rows(self, table: str, df: pd.DataFrame, con=None) -> None:
+        def _do(c):
+            c.register("_incoming", df)
+            cols = ", ".join(df.columns)
+            c.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+            c.unregister("_incoming")
+
+        if con is not None:
+            _do(con)
+        else:
+            with self.transaction() as c:
+                _do(c)
+
+    # ---------------------------------------------------------------- decisions
+    def add_decision(self, sample_id: int, action: str, new_label: str | None = None, reason: str = "",
+                     who: str | None = None) -> int:
+        return self.add_decisions([(sample_id, action, new_label, reason)], who=who)[0]
+
+    def add_decisions(self, rows: Iterable[tuple[int, str, str | None, str]], who: str | None = None) -> list[int]:
+        """Append decisions (sample_id, action, new_label, reason) in one transaction; returns their ids."""
+        rows = list(rows)
+        who = who or os.environ.get("USER") or "curate"
+        ids: list[int] = []
+        with self.transaction() as con:
+            known = {r[0] for r in con.execute(
+                "SELECT id FROM samples WHERE id IN (SELECT unnest(?))", [[int(r[0]) for r in rows]]).fetchall()}
+            for sample_id, action, new_label, reason in rows:
+                if action not in DECISION_ACTIONS:
+                    raise CurateError(f"unknown decision action {action!r}; use one of {', '.join(DECISION_ACTIONS)}")
+                if int(sample_id) not in known:
+                    raise CurateError(f"sample {sample_id} does not exist in this project")
+                if action == "relabel":
+                    if not new_label or not str(new_label).strip():
+                        raise CurateError(f"relabel of sample {sample_id} needs a new label")
+                    new_label = str(new_label).strip()
+                    con.execute("INSERT INTO classes VALUES (?, ?) ON CONFLICT DO NOTHING", [new_label, utcnow()])
+                else:
+                    new_label = None
+                did = con.execute("SELECT nextval('seq_decision')").fetchone()[0]
+                con.execute(
+                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                    [did, int(sample_id), action, new_label, reason or "", who, utcnow()],
+                )
+                ids.append(int(did))
+        return ids
+
+    def undo_decision(self, decision_id: int, who: str | None = None) -> int:
+        """Append an 'undo' record for ``decision_id`` (decisions are never deleted)."""
+        who = who or os.environ.get("USER") or "curate"
+        with self.transaction() as con:
+            row = con.execute("SELECT sample_id, action, undoes FROM decisions WHERE id = ?", [int(decision_id)]).fetchone()
+            if row is None:
+                raise CurateError(f"decision {decision_id} does not exist")
+            if row[2] is not None:
+                raise CurateError(f"decision {decision_id} is itself an undo; undo is not undoable, decide again instead")
+            if con.execute("SELECT count(*) FROM decisions WHERE undoes = ?", [int(decision_id)]).fetchone()[0]:
+                raise CurateError(f"decision {decision_id} was already undone")
+            did = con.execute("SELECT nextval('seq_decision')").fetchone()[0]
+            con.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
+                [did, row[0], row[1], f"undo of decision {decision_id}", who, utcnow(), int(decision_id)],
+            )
+        return int(did)
+
+    def decisions(self, limit: int = 100, offset: int = 0) -> pd.DataFrame:
+        return self.query_df(
+            """SELECT d.*, (SELECT count(*) FROM decisions u WHERE u.undoes = d.id) > 0 AS undone
+               FROM decisions d ORDER BY d.id DESC LIMIT ? OFFSET ?""",
+            [limit, offset],
+        )
+
+    def live_decisions(self) -> pd.DataFrame:
+        """The latest live (not undone, not an undo) decision per sample."""
+        return self.query_df(
+            """SELECT * FROM decisions d
+               WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+               QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
+               ORDER BY sample_id"""
+        )
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, datetime)):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,387 @@
+"""Ingest images into the catalog: ImageFolder trees, CSV/Parquet manifests and unlabeled folders.
+
+Every file is content-hashed (SHA-256) and fully decoded once, so broken files are caught here and recorded in
+the ``quarantine`` table with a one-line reason instead of crashing a run.  Re-ingesting the same files is a
+no-op; new files append.  Work is committed in chunks, each chunk one transaction, so a killed ingest keeps
+the chunks it finished and a rerun picks up the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from engine.catalog import Catalog, CurateError, utcnow
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev"}
+MANIFEST_EXTENSIONS = {".csv", ".parquet", ".pq"}
+# Decompression-bomb guard: images above this many pixels are quarantined rather than decoded.
+MAX_PIXELS = int(os.environ.get("CURATE_MAX_PIXELS", 178_956_970))
+CHUNK = 2000
+
+
+@dataclass
+class Candidate:
+    """One file to ingest: where it is, and what the layout says about it."""
+
+    path: Path
+    label: str | None = None
+    split: str | None = None
+    row: int | None = None  # manifest row number (1-based, header excluded) for error messages
+
+
+@dataclass
+class FileInfo:
+    path: str
+    content_hash: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    mode: str | None = None
+    nbytes: int = 0
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    source: str
+    kind: str
+    added: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    labels_added: int = 0
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    row_problems: list[str] = field(default_factory=list)
+    run_id: int | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "added": self.added,
+            "unchanged": self.unchanged,
+            "changed": self.changed,
+            "labels_added": self.labels_added,
+            "quarantined": len(self.quarantined),
+            "row_problems": len(self.row_problems),
+        }
+
+    def print(self, console=None) -> None:
+        out = console.print if console is not None else print
+        out(
+            f"ingested {self.source} ({self.kind}): {self.added} new, {self.unchanged} unchanged, "
+            f"{self.changed} changed, {self.labels_added} labels, {len(self.quarantined)} quarantined"
+        )
+        for problem in self.row_problems:
+            out(f"  skipped {problem}")
+        for path, reason in self.quarantined:
+            out(f"  quarantined {path}: {reason}")
+
+
+# ----------------------------------------------------------------------------------------------- layout discovery
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _walk_files(root: Path) -> list[Path]:
+    """All regular files under root, sorted; symlinked folders are not followed (no loops)."""
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                files.append(Path(dirpath) / name)
+    return files
+
+
+def detect_kind(source: Path) -> str:
+    if source.is_file():
+        if source.suffix.lower() in MANIFEST_EXTENSIONS:
+            return "manifest"
+        raise CurateError(f"{source} is a file but not a manifest (.csv/.parquet); pass a folder or a manifest")
+    if not source.is_dir():
+        raise CurateError(f"{source} does not exist; pass an image folder or a CSV/Parquet manifest")
+    subdirs = [d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    direct_images = [f for f in source.iterdir() if f.is_file() and _is_image(f)]
+    if subdirs and not direct_images:
+        return "imagefolder"
+    return "unlabeled"
+
+
+def discover_imagefolder(root: Path, split: str | None = None) -> list[Candidate]:
+    """root/<class>/<img> or root/<split>/<class>/<img>; images directly under a split folder are unlabeled."""
+    out: list[Candidate] = []
+    for f in _walk_files(root):
+        rel = f.relative_to(root).parts
+        if len(rel) < 2:
+            continue  # a stray file at the root of an ImageFolder has no class
+        if rel[0].lower() in SPLIT_NAMES:
+            sp = rel[0].lower()
+            label = rel[1] if len(rel) >= 3 else None
+        else:
+            sp = split
+            label = rel[0]
+        out.append(Candidate(f, label=label, split=sp))
+    return out
+
+
+def discover_unlabeled(root: Path, split: str | None = None) -> list[Candidate]:
+    return [Candidate(f, label=None, split=split) for f in _walk_files(root)]
+
+
+def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate], list[str]]:
+    """Parse a CSV/Parquet manifest with columns path, label (optional), split (optional)."""
+    try:
+        if path.suffix.lower() == ".csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            df = pd.read_parquet(path)
+    except Exception as exc:
+        raise CurateError(f"cannot read manifest {path}: {str(exc).splitlines()[0]}") from exc
+    cols = {c.lower().strip(): c for c in df.columns}
+    if "path" not in cols:
+        raise CurateError(
+            f"manifest {path} has no 'path' column (found: {', '.join(map(str, df.columns)) or 'none'}); "
+            "add a header row with path,label[,split]"
+        )
+    base = path.parent
+    problems: list[str] = []
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    has_label = "label" in cols
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        raw = rec[cols["path"]]
+        raw = "" if raw is None or (isinstance(raw, float) and pd.isna(raw)) else str(raw).strip()
+        if not raw:
+            problems.append(f"{path.name} row {i}: empty path; fill it in or delete the row")
+            continue
+        p = Path(raw)
+        p = p if p.is_absolute() else base / p
+        label = None
+        if has_label:
+            lv = rec[cols["label"]]
+            label = None if lv is None or (isinstance(lv, float) and pd.isna(lv)) else str(lv).strip()
+            if not label:
+                problems.append(f"{path.name} row {i}: empty label for {raw}; give it a label or drop the label column")
+                continue
+        if not p.exists():
+            problems.append(f"{path.name} row {i}: file not found: {raw}; fix the path (relative paths are resolved from the manifest's folder)")
+            continue
+        key = str(p.resolve())
+        if key in seen:
+            problems.append(f"{path.name} row {i}: duplicate row for {raw}; the first occurrence was kept")
+            continue
+        seen.add(key)
+        sp = split
+        if "split" in cols:
+            sv = rec[cols["split"]]
+            sp = str(sv).strip().lower() if sv is not None and str(sv).strip() and not (isinstance(sv, float) and pd.isna(sv)) else split
+        out.append(Candidate(p, label=label, split=sp, row=i))
+    return out, problems
+
+
+# ----------------------------------------------------------------------------------------------- per-file work
+def inspect_file(path: Path) -> FileInfo:
+    """Hash and fully decode one file; any failure becomes ``error`` (a one-line reason)."""
+    display = _display_path(path)
+    info = FileInfo(path=display)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        info.error = f"unreadable ({exc.strerror or exc.__class__.__name__})"
+        return info
+    info.nbytes = len(data)
+    info.content_hash = hashlib.sha256(data).hexdigest()
+    if not data:
+        info.error = "zero-byte file"
+        return info
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                info.width, info.height = im.size
+                info.format = im.format
+                info.mode = im.mode
+                if im.size[0] * im.size[1] > MAX_PIXELS:
+                    info.error = f"image too large ({im.size[0]}x{im.size[1]} px > {MAX_PIXELS} px decompression-bomb limit)"
+                    return info
+                im.load()
+    except UnidentifiedImageError:
+        info.error = "not an image (unrecognised format)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        info.error = f"image too large (decompression-bomb guard: {str(exc).splitlines()[0][:120]})"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        info.error = f"corrupt or truncated image ({msg[:160]})"
+    return info
+
+
+def _display_path(path: Path) -> str:
+    """Absolute path as text that DuckDB can store (undecodable bytes are backslash-escaped)."""
+    s = os.path.abspath(os.fspath(path))
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return os.fsencode(s).decode("utf-8", "backslashreplace")
+
+
+# ----------------------------------------------------------------------------------------------- ingest
+def ingest(
+    cat: Catalog,
+    source: str | os.PathLike,
+    kind: str = "auto",
+    split: str | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> IngestReport:
+    """Ingest a folder or manifest into the catalog.
+
+    Parameters
+    ----------
+    cat : the project's catalog.
+    source : an ImageFolder root (``root/<class>/*`` or ``root/<split>/<class>/*``), an unlabeled folder, or a
+        CSV/Parquet manifest with columns ``path``, ``label`` (optional) and ``split`` (optional).
+    kind : ``auto`` (detect), ``imagefolder``, ``manifest`` or ``unlabeled``.
+    split : split assigned to files whose layout names none.
+    progress : show a progress bar.
+    workers : threads used to hash and decode files (default: CPU count, at most 8).
+
+    Returns
+    -------
+    IngestReport with counts, quarantined files and manifest row problems.
+    """
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise CurateError(f"{src} does not exist; pass an image folder or a CSV/Parquet manifest")
+    src = src.resolve()
+    kind = detect_kind(src) if kind == "auto" else kind
+    if split is not None:
+        split = split.lower()
+    problems: list[str] = []
+    if kind == "imagefolder":
+        if not src.is_dir():
+            raise CurateError(f"{src} is not a folder; --kind imagefolder needs root/<class>/<image> folders")
+        cands = discover_imagefolder(src, split)
+    elif kind == "unlabeled":
+        if not src.is_dir():
+            raise CurateError(f"{src} is not a folder; --kind unlabeled needs a folder of images")
+        cands = discover_unlabeled(src, split)
+    elif kind == "manifest":
+        cands, problems = read_manifest(src, split)
+    else:
+        raise CurateError(f"unknown ingest kind {kind!r}; use auto, imagefolder, manifest or unlabeled")
+
+    report = IngestReport(source=str(src), kind=kind, row_problems=problems)
+    run_id = cat.start_run("ingest", {"source": str(src), "kind": kind, "split": split})
+    report.run_id = run_id
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    existing = {
+        p: (sid, h)
+        for sid, p, h in cat.query("SELECT id, path, content_hash FROM samples")
+    }
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cands), desc="ingest", unit="file")
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(cands), CHUNK):
+                chunk = cands[start : start + CHUNK]
+                infos = list(pool.map(lambda c: inspect_file(c.path), chunk))
+                _write_chunk(cat, chunk, infos, existing, report, run_id)
+                if bar is not None:
+                    bar.update(len(chunk))
+    except BaseException:
+        cat.finish_run(run_id, report.as_dict(), status="failed")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    cat.finish_run(run_id, report.as_dict())
+    return report
+
+
+def _write_chunk(cat: Catalog, chunk: list[Candidate], infos: list[FileInfo], existing: dict, report: IngestReport,
+                 run_id: int) -> None:
+    new_rows, changed_rows, label_rows_by_path, quarantine = [], [], [], []
+    now = utcnow()
+    for cand, info in zip(chunk, infos):
+        if info.error:
+            where = f" (manifest row {cand.row})" if cand.row else ""
+            quarantine.append((info.path, info.error + where, "ingest", info.content_hash))
+            continue
+        prev = existing.get(info.path)
+        if prev is None:
+            new_rows.append((info.content_hash, info.path, info.width, info.height, info.format, info.mode,
+                             info.nbytes, cand.split, report.kind, run_id, now))
+        elif prev[1] != info.content_hash:
+            changed_rows.append((info.content_hash, info.width, info.height, info.format, info.mode, info.nbytes,
+                                 prev[0]))
+        if cand.label is not None:
+            label_rows_by_path.append((info.path, cand.label))
+
+    with cat.transaction() as con:
+        if new_rows:
+            df = pd.DataFrame(new_rows, columns=["content_hash", "path", "width", "height", "format", "mode", "bytes",
+                                                 "split", "source", "ingest_run", "ingested_at"])
+            con.register("_new", df)
+            con.execute(
+                """INSERT INTO samples (id, content_hash, path, width, height, format, mode, bytes, split, source,
+                                        ingest_run, ingested_at)
+                   SELECT nextval('seq_sample'), content_hash, path, width, height, format, mode, bytes, split, source,
+                          ingest_run, ingested_at FROM _new"""
+            )
+            con.unregister("_new")
+        for row in changed_rows:
+            con.execute(
+                "UPDATE samples SET content_hash=?, width=?, height=?, format=?, mode=?, bytes=? WHERE id=?", list(row)
+            )
+            # the file's pixels changed: its vectors are stale and must be recomputed
+            con.execute("DELETE FROM embedded WHERE sample_id = ?", [row[-1]])
+        # a file that now decodes leaves quarantine
+        ok_paths = [i.path for i in infos if not i.error]
+        if ok_paths:
+            con.execute("DELETE FROM quarantine WHERE stage = 'ingest' AND path IN (SELECT unnest(?))", [ok_paths])
+        if label_rows_by_path:
+            ldf = pd.DataFrame(label_rows_by_path, columns=["path", "class_name"])
+            con.register("_lab", ldf)
+            # append a label only when it differs from the sample's latest label (idempotent reruns)
+            rows = con.execute(
+                """WITH latest AS (
+                       SELECT sample_id, class_name FROM labels
+                       QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1)
+                   SELECT s.id, l.class_name FROM _lab l JOIN samples s ON s.path = l.path
+                   LEFT JOIN latest t ON t.sample_id = s.id
+                   WHERE t.class_name IS DISTINCT FROM l.class_name"""
+            ).fetchall()
+            con.unregister("_lab")
+            cat.add_labels(rows, source=report.kind, con=con)
+            report.labels_added += len(rows)
+        cat.add_quarantine(quarantine, run_id=run_id, con=con)
+        new_ids = con.execute(
+            "SELECT path, id, content_hash FROM samples WHERE ingest_run = ?", [run_id]
+        ).fetchall()
+    for p, sid, h in new_ids:
+        existing[p] = (sid, h)
+    report.added += len(new_rows)
+    report.changed += len(changed_rows)
+    report.unchanged += len(chunk) - len(new_rows) - len(changed_rows) - len(quarantine)
+    report.quarantined.extend((q[0], q[1]) for q in quarantine)
+
+
+def ingest_many(cat: Catalog, sources: Iterable[tuple[str | os.PathLike, str, str | None]], progress: bool = False) -> list[IngestReport]:
+    """Ingest several (source, kind, split) triples in order."""
+    return [ingest(cat, s, kind=k, split=sp, progress=progress) for s, k, sp in sources]
