@@ -27,7 +27,9 @@ SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev"}
 MANIFEST_EXTENSIONS = {".csv", ".parquet", ".pq"}
 # Decompression-bomb guard: images above this many pixels are quarantined rather than decoded.
 MAX_PIXELS = int(os.environ.get("CURATE_MAX_PIXELS", 178_956_970))
-CHUNK = 2000
+CHUNK = int(os.environ.get("CURATE_INGEST_CHUNK", 2000))
+# test hook: seconds to sleep after each committed chunk (lets fault tests kill a run between chunks)
+_CHUNK_PAUSE = float(os.environ.get("CURATE_TEST_INGEST_PAUSE", 0))
 
 
 @dataclass
@@ -302,6 +304,10 @@ def ingest(
                 chunk = cands[start : start + CHUNK]
                 infos = list(pool.map(lambda c: inspect_file(c.path), chunk))
                 _write_chunk(cat, chunk, infos, existing, report, run_id)
+                if _CHUNK_PAUSE:
+                    import time
+
+                    time.sleep(_CHUNK_PAUSE)
                 if bar is not None:
                     bar.update(len(chunk))
     except BaseException:

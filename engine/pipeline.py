@@ -1,0 +1,96 @@
+"""The full audit: embed -> kNN graph -> every analysis, each step timed and recorded in the catalog."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from engine.catalog import Catalog, CurateError
+
+
+def audit_steps(encoder: str = "auto", k: int = 10) -> list[tuple[str, Callable[[Catalog, dict], object]]]:
+    """The ordered steps of a full audit; each takes (catalog, context) and may put things into context."""
+
+    def embed(cat: Catalog, ctx: dict):
+        from engine.embed import embed_project
+
+        ctx["encoder"] = embed_project(cat, encoder=encoder, progress=True)
+
+    def graph(cat: Catalog, ctx: dict):
+        from indexes.graph import load_or_build_graph
+
+        load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k)
+
+    def label_issues(cat: Catalog, ctx: dict):
+        from engine.analyses import label_issues as m
+
+        m.run(cat, encoder=ctx.get("encoder"))
+
+    def duplicates(cat: Catalog, ctx: dict):
+        from engine.analyses import duplicates as m
+
+        m.run(cat, encoder=ctx.get("encoder"))
+
+    def outliers(cat: Catalog, ctx: dict):
+        from engine.analyses import outliers as m
+
+        m.run(cat, encoder=ctx.get("encoder"))
+
+    def image_quality(cat: Catalog, ctx: dict):
+        from engine.analyses import image_quality as m
+
+        m.run(cat)
+
+    def clusters(cat: Catalog, ctx: dict):
+        from engine.analyses import clusters as m
+
+        m.run(cat, encoder=ctx.get("encoder"))
+
+    def query(cat: Catalog, ctx: dict):
+        from engine.analyses import active as m
+
+        m.run(cat, encoder=ctx.get("encoder"))
+
+    return [
+        ("embed", embed),
+        ("knn graph", graph),
+        ("label issues", label_issues),
+        ("duplicates", duplicates),
+        ("outliers", outliers),
+        ("image quality", image_quality),
+        ("clusters", clusters),
+        ("active-learning query", query),
+    ]
+
+
+def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, strict: bool = False) -> dict[str, dict]:
+    """Run every audit step; returns {step: {"seconds": s, "status": "ok"|"failed", "error": msg}}.
+
+    A failing step is reported in one line and the audit goes on with the steps that do not need it
+    (``strict=True`` re-raises instead).  Steps after a failed ``embed`` or ``knn graph`` are skipped.
+    """
+    ctx: dict = {}
+    timings: dict[str, dict] = {}
+    blocked = False
+    for name, fn in audit_steps(encoder=encoder, k=k):
+        if blocked and name != "image quality":
+            timings[name] = {"seconds": 0.0, "status": "skipped", "error": "needs embeddings"}
+            continue
+        t0 = time.perf_counter()
+        if console is not None:
+            console.print(f"[cyan]audit[/] {name} ...")
+        try:
+            fn(cat, ctx)
+            timings[name] = {"seconds": time.perf_counter() - t0, "status": "ok"}
+        except Exception as exc:  # reported, not fatal: the other analyses still run
+            if strict:
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            timings[name] = {"seconds": time.perf_counter() - t0, "status": "failed", "error": msg}
+            if console is not None:
+                console.print(f"[red]audit step {name} failed:[/] {msg}")
+            if name in ("embed", "knn graph"):
+                blocked = True
+    if console is not None:
+        console.print("audit done: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in timings.items()))
+    return timings
