@@ -1,0 +1,290 @@
+"""Duplicate sets, chaining guard, keepers, leakage and the SemDeDup curve on planted vectors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.analyses.duplicates import (
+    DuplicatePairs,
+    choose_keepers,
+    duplicates_table,
+    exact_duplicate_groups,
+    find_near_duplicates,
+    group_near_duplicates,
+    leakage_pairs,
+    near_duplicate_pairs,
+    semdedup_curve,
+)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def exact_graph(X: np.ndarray, k: int) -> SimpleNamespace:
+    """A kNN graph (self excluded) computed with FAISS exact search, in the shared graph's layout."""
+    index = faiss.IndexFlatIP(X.shape[1])
+    index.add(X)
+    sims, idx = index.search(X, k + 1)
+    out_i = np.full((len(X), k), -1, np.int64)
+    out_s = np.full((len(X), k), -1.0, np.float32)
+    for r in range(len(X)):
+        keep = [c for c in range(k + 1) if idx[r, c] != r][:k]
+        out_i[r, : len(keep)] = idx[r, keep]
+        out_s[r, : len(keep)] = sims[r, keep]
+    return SimpleNamespace(indices=out_i, similarities=out_s)
+
+
+def planted(n_base: int = 60, n_copies: int = 8, d: int = 48, noise: float = 0.03, seed: int = 0):
+    """Random base vectors plus near-copies of the first ``n_copies`` of them."""
+    rng = np.random.default_rng(seed)
+    base = unit(rng.normal(size=(n_base, d)))
+    copies = unit(base[:n_copies] + noise * rng.normal(size=(n_copies, d)))
+    X = np.vstack([base, copies])
+    truth = {(i, n_base + i) for i in range(n_copies)}
+    return X, truth
+
+
+def set_pairs(members) -> set[tuple[int, int]]:
+    out = set()
+    for m in members:
+        m = sorted(int(v) for v in m)
+        out |= {(a, b) for ai, a in enumerate(m) for b in m[ai + 1:]}
+    return out
+
+
+def test_planted_near_duplicates_found_exactly():
+    X, truth = planted()
+    sets = find_near_duplicates(X, threshold=0.9)
+    assert set_pairs(sets.members) == truth
+    assert all(not e for e in sets.exact)
+
+
+def test_graph_pairs_match_exhaustive_pairs_including_saturated_rows():
+    rng = np.random.default_rng(11)
+    X, _ = planted(seed=1)
+    # a set of 12 near-identical vectors: larger than k, so the graph alone cannot see all pairs
+    hub = unit(rng.normal(size=48))
+    big = unit(hub + 0.01 * rng.normal(size=(12, 48)))
+    X = np.vstack([X, big])
+    exhaustive = near_duplicate_pairs(X, 0.9, method="exact")
+    via_graph = near_duplicate_pairs(X, 0.9, knn_graph=exact_graph(X, k=4))
+    assert list(zip(exhaustive.i, exhaustive.j)) == list(zip(via_graph.i, via_graph.j))
+    sets = find_near_duplicates(X, 0.9, knn_graph=exact_graph(X, k=4))
+    big_rows = set(range(len(X) - 12, len(X)))
+    assert any(set(m.tolist()) == big_rows for m in sets.members)
+
+
+def test_chain_is_not_merged():
+    """a~b and b~c above the threshold but a, c unrelated: a and c never share a set."""
+    rng = np.random.default_rng(2)
+    d = 32
+    a = unit(rng.normal(size=d))
+    r = unit(rng.normal(size=d))
+    r = unit(r - (r @ a) * a)  # orthogonal to a
+    c = unit(0.6 * a + 0.8 * r)  # cos(a, c) = 0.6
+    b = unit(a + c)  # cos(a, b) = cos(b, c) ~ 0.894
+    filler = unit(rng.normal(size=(20, d)))
+    X = np.vstack([a, b, c, filler])
+    assert X[0] @ X[1] > 0.88 and X[1] @ X[2] > 0.88 and X[0] @ X[2] < 0.61
+    sets = find_near_duplicates(X, threshold=0.85)
+    for m in sets.members:
+        assert not {0, 2} <= set(m.tolist())
+    # the pair list still records both edges (leakage uses it), only the grouping refuses to chain
+    pairs = set(zip(sets.pairs.i.tolist(), sets.pairs.j.tolist()))
+    assert {(0, 1), (1, 2)} <= pairs and (0, 2) not in pairs
+    # plain connected components would have merged them: the guard is what prevents it
+    grouped = group_near_duplicates(X, sets.pairs, 0.85)
+    assert len(grouped) == 1 and len(grouped[0]) == 2 and 1 in grouped[0]
+
+
+def test_every_pair_inside_a_set_is_above_threshold():
+    rng = np.random.default_rng(3)
+    centers = unit(rng.normal(size=(5, 24)))
+    X = unit(np.repeat(centers, 8, axis=0) + 0.06 * rng.normal(size=(40, 24)))
+    t = 0.9
+    above = (X @ X.T >= t) & ~np.eye(40, dtype=bool)
+    assert not above[:8, :8][~np.eye(8, dtype=bool)].all()  # groups are not cliques: the guard has work to do
+    sets = find_near_duplicates(X, t)
+    assert sets.n_sets >= 5
+    for m in sets.members:
+        S = X[m] @ X[m].T
+        assert (S >= t - 1e-5).all()
+
+
+def test_exact_duplicates_by_hash_and_mixed_sets():
+    X, _ = planted(n_copies=2)
+    X = np.vstack([X, X[10], X[10], X[0]])  # rows 62, 63 copy row 10; row 64 copies row 0 (which has a near copy 60)
+    hashes = [f"h{i}" for i in range(len(X))]
+    hashes[62] = hashes[63] = hashes[10]
+    hashes[64] = hashes[0]
+    assert [g.tolist() for g in exact_duplicate_groups(hashes)] == [[0, 64], [10, 62, 63]]
+    sets = find_near_duplicates(X, 0.9, content_hashes=hashes)
+    by_rows = {tuple(m.tolist()): e for m, e in zip(sets.members, sets.exact)}
+    assert by_rows[(10, 62, 63)] is True
+    assert by_rows[(0, 60, 64)] is False  # exact pair 0/64 joined by near copy 60
+    assert by_rows[(1, 61)] is False
+    ids = np.arange(100, 100 + len(X))
+    keepers = choose_keepers(sets.members, ids)
+    table = duplicates_table(sets, keepers, X, ids, content_hashes=hashes)
+    mixed = table[table["sample_id"].isin([100, 160, 164])].set_index("sample_id")
+    assert mixed.loc[100, "is_keeper"] and mixed.loc[100, "kind"] == "exact"
+    assert mixed.loc[164, "kind"] == "exact" and mixed.loc[164, "similarity"] == 1.0
+    assert mixed.loc[160, "kind"] == "near" and 0.9 <= mixed.loc[160, "similarity"] < 1.0
+    assert table.groupby("set_id")["is_keeper"].sum().eq(1).all()
+
+
+def test_keeper_rules_in_order():
+    sets = [np.array([0, 1, 2])]
+    ids = np.array([30, 20, 10])
+    # 1. largest resolution wins
+    assert choose_keepers(sets, ids, area=np.array([100, 400, 100]))[0] == 1
+    # 2. equal resolution: the one without a label issue
+    assert choose_keepers(sets, ids, area=np.array([400, 400, 100]), has_label_issue=np.array([False, True, False]))[0] == 0
+    # 3. then the one carrying the set's majority label
+    labels = ["cat", "dog", "dog"]
+    assert choose_keepers(sets, ids, area=np.array([400, 400, 400]), labels=labels)[0] == 2  # dog, lowest id 10
+    labels = ["dog", "cat", "dog"]
+    assert choose_keepers(sets, np.array([30, 5, 40]), labels=labels)[0] == 0
+    # 4. then the lowest sample id
+    assert choose_keepers(sets, ids)[0] == 2
+    # the user's merge decision overrides everything; the latest decision wins
+    assert choose_keepers(sets, ids, area=np.array([100, 400, 100]), overrides={0: 7})[0] == 0
+    assert choose_keepers(sets, ids, overrides={0: 7, 1: 9})[0] == 1
+
+
+def test_leakage_pairs_cross_splits_only():
+    pairs = DuplicatePairs(np.array([0, 0, 1, 3]), np.array([1, 2, 2, 4]), np.array([0.99, 0.95, 0.97, 1.0], np.float32))
+    splits = ["train", "test", "train", None, "test"]
+    leaks = leakage_pairs(pairs, splits)
+    assert list(zip(leaks["i"], leaks["j"])) == [(0, 1), (1, 2)]  # by descending similarity; NULL split never leaks
+    assert set(leaks["split_i"]) | set(leaks["split_j"]) == {"train", "test"}
+    sets = find_near_duplicates(np.vstack([np.eye(3)[0], np.eye(3)[0], np.eye(3)[1]]).astype(np.float32), 0.9)
+    table = duplicates_table(sets, choose_keepers(sets.members, np.array([1, 2, 3])), np.eye(3)[[0, 0, 1]],
+                             np.array([1, 2, 3]), splits=["train", "test", "train"])
+    assert table["crosses_splits"].all()
+
+
+def test_semdedup_curve_counts_planted_copies():
+    rng = np.random.default_rng(4)
+    centers = unit(rng.normal(size=(4, 32)) * 5)
+    base = unit(np.repeat(centers, 50, axis=0) + 0.6 * rng.normal(size=(200, 32)))
+    copies = unit(base[:20] + 0.01 * rng.normal(size=(20, 32)))
+    X = np.vstack([base, copies])
+    one = semdedup_curve(X, thresholds=(0.9, 0.99), n_partitions=1, seed=0)
+    assert one.n_removed.tolist()[0] == 20  # each planted pair loses exactly one member
+    assert one.removed_mask(0.9).sum() == 20
+    many = semdedup_curve(X, thresholds=(0.5, 0.9, 0.99), n_partitions=4, seed=0)
+    assert many.n_removed.tolist() == sorted(many.n_removed.tolist(), reverse=True)
+    assert many.n_removed[1] == 20  # copies sit next to their originals: same partition
+    again = semdedup_curve(X, thresholds=(0.5, 0.9, 0.99), n_partitions=4, seed=0)
+    assert np.array_equal(many.max_similarity, again.max_similarity)
+    d = many.to_dict()
+    assert d["n"] == 220 and len(d["curve"]) == 3 and 0 < d["curve"][1]["keep_fraction"] < 1
+
+
+def test_approximate_partition_pairs_recall():
+    X, truth = planted(n_base=3000, n_copies=100, d=32, noise=0.02, seed=5)
+    approx = near_duplicate_pairs(X, 0.9, method="partition", seed=0)
+    exact = near_duplicate_pairs(X, 0.9, method="exact")
+    assert set(zip(approx.i.tolist(), approx.j.tolist())) <= set(zip(exact.i.tolist(), exact.j.tolist()))
+    found = set(zip(approx.i.tolist(), approx.j.tolist()))
+    assert len(found & truth) >= 0.95 * len(truth)
+
+
+# --------------------------------------------------------------------------------------- perceptual hashes
+def _texture(seed: int, side: int = 96):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(20, 235, size=(8, 8, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC), dtype=np.float32)
+    return Image.fromarray(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8))
+
+
+def _jpeg(img, quality: int = 40):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_perceptual_hash_pairs_and_guard():
+    from PIL import Image
+
+    from engine.analyses.duplicates import _hamming, hash_pairs, perceptual_hash
+
+    a = _texture(0)
+    h = np.stack([perceptual_hash(a), perceptual_hash(_jpeg(a)), perceptual_hash(a.transpose(Image.FLIP_LEFT_RIGHT)),
+                  perceptual_hash(_texture(1)), perceptual_hash(a.resize((60, 60)))])
+    d = _hamming(h, h)
+    assert d[0, 1] <= 2 and d[0, 4] <= 2  # recompression / resize keep the hash
+    assert d[0, 2] > 8 and d[0, 3] > 8  # a flip or another image do not
+    i, j, dist = hash_pairs(h, 2)
+    assert {(0, 1), (0, 4), (1, 4)} >= set(zip(i.tolist(), j.tolist())) >= {(0, 1), (0, 4)}
+    assert hash_pairs(h, 2, valid=np.array([True, False, True, True, True]))[0].tolist() == [0]
+    # embeddings that disagree (orthogonal) are still joined by the hash, and the guard accepts hash links
+    X = np.eye(5, dtype=np.float32)
+    sets = find_near_duplicates(X, 0.97, perceptual_hashes=h)
+    members = [m.tolist() for m in sets.members]
+    if d[1, 4] <= 2:  # all three mutually within 2 bits: one set
+        assert members == [[0, 1, 4]]
+    else:  # 1 and 4 are not near each other: the guard keeps them apart
+        assert len(members) == 1 and members[0][0] == 0 and len(members[0]) == 2
+    assert sets.stats["hash_pairs"] >= 2 and sets.stats["embedding_pairs"] == 0
+    assert find_near_duplicates(X, 0.97).n_sets == 0
+
+
+# --------------------------------------------------------------------------------------- catalog round trip
+def test_run_round_trip_with_real_embeddings(tmp_path):
+    """ingest -> effnet-lite0 embeddings -> shared graph -> duplicates.run / outliers.run -> catalog tables."""
+    from engine.analyses import duplicates, outliers
+    from engine.catalog import init_project
+    from engine.embed import embed_project
+    from engine.ingest import ingest
+
+    root = tmp_path / "data"
+    for split, cls, name, img in (
+        [("train", "a" if s % 2 else "b", f"img{s}.png", _texture(10 + s)) for s in range(8)]
+    ):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        img.save(root / split / cls / name)
+    (root / "test" / "b").mkdir(parents=True)
+    _jpeg(_texture(10), 50).save(root / "test" / "b" / "img0_recompressed.jpg", quality=95)  # leak of train img0
+    (root / "train" / "a" / "img1_copy.png").write_bytes((root / "train" / "a" / "img1.png").read_bytes())
+    cat = init_project(tmp_path / "proj")
+    ingest(cat, root)
+    embed_project(cat, encoder="effnet-lite0", device="cpu")
+    summary = duplicates.run(cat)
+    path_of = dict(cat.query("SELECT id, path FROM samples"))
+    table = cat.query_df("SELECT * FROM duplicates")
+    sets = {sid: {path_of[s].rsplit("/", 1)[-1] for s in g["sample_id"]} for sid, g in table.groupby("set_id")}
+    assert {"img1.png", "img1_copy.png"} in sets.values()
+    assert any({"img0.png", "img0_recompressed.jpg"} <= m for m in sets.values())
+    assert table.groupby("set_id")["is_keeper"].sum().eq(1).all()
+    exact = table[table["sample_id"].map(lambda s: path_of[s].endswith("img1_copy.png"))]
+    assert exact["kind"].tolist() == ["exact"]
+    leak_rows = table[table["sample_id"].map(lambda s: "img0" in path_of[s])]
+    assert leak_rows["crosses_splits"].all() and summary["leakage_pairs"] >= 1
+    assert summary["semdedup"]["n"] == 10 and cat.last_run("duplicates")["status"] == "ok"
+    # the user's merge decision picks the keeper on the next run
+    set_id = int(leak_rows["set_id"].iloc[0])
+    other = table[(table["set_id"] == set_id) & ~table["is_keeper"]]["sample_id"].iloc[0]
+    cat.add_decision(int(other), "merge", reason="keep this one")
+    duplicates.run(cat)
+    again = cat.query_df("SELECT sample_id FROM duplicates WHERE is_keeper")
+    assert int(other) in set(again["sample_id"])
+    # outliers over the same graph: every embedded sample ranked once
+    out = outliers.run(cat)
+    ranks = cat.query_df("SELECT rank, score FROM outliers ORDER BY rank")
+    assert out["n"] == 10 and ranks["rank"].tolist() == list(range(1, 11))
+    assert ranks["score"].is_monotonic_increasing
