@@ -1,0 +1,93 @@
+"""Duplicates: exact and near-duplicate sets; keep one copy (merge), or mark a set as not duplicates."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import components as ui
+from app import data
+
+NS = "dup"
+REASON = "duplicate review"
+SETS_PER_PAGE = 6
+MAX_SHOWN = 6  # members shown per set (the rest are listed by id)
+
+root = data.project_root()
+rev = data.revision(root)
+st.title("Duplicates")
+
+with st.container(horizontal=True, vertical_alignment="bottom"):
+    kinds = st.pills("Kind", ["exact", "near"], selection_mode="multi", default=["exact", "near"], key=f"{NS}-kinds")
+    status = st.segmented_control("Status", ["unreviewed", "reviewed", "all"], default="unreviewed",
+                                  key=f"{NS}-status") or "all"
+    crosses = st.toggle("Crossing splits only", key=f"{NS}-crosses",
+                        help="Sets whose copies sit in different splits (train/test leakage)")
+
+filters = dict(kinds=tuple(kinds or ()), crosses_only=crosses, status=status)
+total, members = ui.paged(
+    NS, lambda limit, offset: data.duplicate_sets_page(root, rev, **filters, limit=limit, offset=offset),
+    filters, page_size=SETS_PER_PAGE)
+if total == 0 and status == "unreviewed" and not crosses:
+    ui.no_data("No unreviewed duplicate sets. (Run `curate audit -p PROJECT` to find them; "
+               "switch Status to 'all' to see reviewed ones.)")
+    st.stop()
+
+
+def merge_rows(set_members: pd.DataFrame, keeper: int) -> list[tuple]:
+    return [(keeper, "merge", None, f"{REASON}: keep one copy of set {int(set_members['set_id'].iloc[0])}")]
+
+
+def keep_all_rows(set_members: pd.DataFrame) -> list[tuple]:
+    sid = int(set_members["set_id"].iloc[0])
+    return [(int(m), "keep", None, f"{REASON}: set {sid} is not duplicates") for m in set_members["sample_id"]]
+
+
+def suggested_keeper(set_members: pd.DataFrame) -> int:
+    keepers = set_members[set_members["is_keeper"].fillna(False).astype(bool)]
+    return int((keepers if len(keepers) else set_members)["sample_id"].iloc[0])
+
+
+sets = list(members.groupby("set_id", sort=False))
+if sets:
+    page_merges = [r for _, m in sets for r in merge_rows(m, suggested_keeper(m))]
+    with st.container(horizontal=True, border=True, vertical_alignment="center"):
+        st.markdown(f"**Bulk** (all {len(sets)} sets on this page)")
+        st.button("Merge all, keeping the ★ copies", key=f"{NS}-bulk-merge", type="primary",
+                  on_click=ui.record, args=(root, page_merges, f"merged {len(sets)} duplicate sets"))
+        st.button("Not duplicates (keep all)", key=f"{NS}-bulk-keep",
+                  on_click=ui.record, args=(root, [r for _, m in sets for r in keep_all_rows(m)], "kept all copies"))
+
+for set_id, m in sets:
+    first = m.iloc[0]
+    keeper = suggested_keeper(m)
+    with st.container(border=True, key=f"{NS}-set-{int(set_id)}"):
+        with st.container(horizontal=True, vertical_alignment="center"):
+            sim = "" if pd.isna(m["similarity"]).all() else f" · similarity ≥ {m['similarity'].min():.3f}"
+            cross = " · :orange[:material/warning: crosses splits]" if m["crosses_splits"].fillna(False).any() else ""
+            labels = m["label"].dropna().unique()
+            conflict = " · :orange[:material/warning: labels disagree]" if len(labels) > 1 else ""
+            st.markdown(f"**Set {int(set_id)}** · {first['kind']} · {int(first['set_size'])} copies{sim}{cross}{conflict}")
+            st.button("Merge (keep ★)", key=f"{NS}-merge-set-{int(set_id)}", type="primary",
+                      on_click=ui.record, args=(root, merge_rows(m, keeper), f"merged set {int(set_id)}"))
+            st.button("Not duplicates", key=f"{NS}-keepall-{int(set_id)}",
+                      on_click=ui.record, args=(root, keep_all_rows(m), f"set {int(set_id)} kept"))
+        shown = m.head(MAX_SHOWN)
+        cols = st.columns(MAX_SHOWN, gap="small")
+        for col, (_, r) in zip(cols, shown.iterrows()):
+            sid = int(r["sample_id"])
+            with col:
+                st.image(ui.thumb(root, sid, r["path"]), width="stretch")
+                star = "★ " if sid == keeper else ""
+                st.markdown(f"{star}**#{sid}** · {ui.md(r['label']) if isinstance(r['label'], str) else '(unlabeled)'}"
+                            f"  \n{ui.md(r['split']) if isinstance(r['split'], str) else ''}")
+                status_line = ui.status_text(r)
+                if status_line:
+                    st.caption(status_line)
+                st.button("Keeper", key=f"{NS}-merge-{sid}", help="Keep this copy, remove the other copies at export",
+                          on_click=ui.record, args=(root, merge_rows(m, sid), f"kept #{sid} of set {int(set_id)}"))
+                st.button("Remove", key=f"{NS}-remove-{sid}",
+                          on_click=ui.record, args=(root, [(sid, "remove", None, REASON)], f"removed #{sid}"))
+        if int(first["set_size"]) > MAX_SHOWN:
+            more = ", ".join(f"#{int(i)}" for i in m["sample_id"].iloc[MAX_SHOWN:])
+            st.caption(f"+ {int(first['set_size']) - MAX_SHOWN} more copies: {more}")
