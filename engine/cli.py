@@ -18,7 +18,7 @@ from engine.catalog import DEFAULT_PROJECT, CurateError, init_project, open_proj
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
 audit_app = typer.Typer(no_args_is_help=False, help="Run analyses and print their summaries.")
 app.add_typer(audit_app, name="audit")
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
 
 ProjectOpt = typer.Option(DEFAULT_PROJECT, "--project", "-p", help="Project workspace folder.")
 
@@ -86,9 +86,300 @@ def demo(
         _serve_ui(project, port=port, host="127.0.0.1")
 
 
+@app.command()
+def doctor(
+    project: Path = ProjectOpt,
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without losing data."),
+    search: list[Path] = typer.Option([], "--search", help="Folder(s) to look in for moved image files (by content hash)."),
+):
+    """Check the workspace: schema, interrupted runs, missing files, shard/index checksums, staleness, orphans."""
+    from engine.doctor import check
+
+    rep = check(open_project(project), repair=repair, search_roots=search)
+    rep.print(console)
+    if not rep.healthy:
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------- embeddings (issue 3)
+@app.command()
+def embed(
+    project: Path = ProjectOpt,
+    encoder: str = typer.Option("auto", help="auto | effnet-lite0 | clip:<model>/<tag> | clip:<model>@<checkpoint>."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: 32 on CPU, from free memory on GPU)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps (auto: cuda > mps > cpu)."),
+    workers: Optional[int] = typer.Option(None, help="Image-decoding worker processes (default: CPUs - 1)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Drop this encoder's stored vectors and embed everything again."),
+):
+    """Embed every sample that has no vector yet (resumable; several encoders can coexist)."""
+    from engine.embed import EmbedReport, embed_project
+
+    rep = EmbedReport(encoder=encoder)
+    embed_project(open_project(project), encoder=encoder, batch_size=batch_size, device=device, progress=True,
+                  workers=workers, rebuild=rebuild, report=rep)
+    if rep.run_id is not None:  # something was embedded (embed_project already said when all was up to date)
+        console.print(f"{rep.encoder}: {rep.embedded} embedded ({rep.images_per_s:.1f} img/s on {rep.device}), "
+                      f"{rep.already_embedded} already had vectors, {len(rep.quarantined)} quarantined", highlight=False)
+    for path, reason in rep.quarantined:
+        console.print(f"  quarantined {path}: {reason}", highlight=False)
+
+
+@app.command()
+def encoders():
+    """List the built-in encoders and whether their weights are available on this machine."""
+    from engine.encoders import available_encoders, explain_auto
+
+    for info in available_encoders():
+        mark = "[green]available[/]" if info.available else "[red]unavailable[/]"
+        console.print(f"{info.name}  {mark}  text={'yes' if info.supports_text else 'no'}  {info.reason}", highlight=False)
+    name, why = explain_auto()
+    console.print(f"auto -> {name} ({why})", highlight=False)
+
+
+@app.command("import-embeddings")
+def import_embeddings_cmd(
+    file: Path = typer.Argument(..., help=".npy (+ FILE.ids.npy/.ids.txt/.paths.txt), .npz (vectors + ids|paths) or .parquet."),
+    project: Path = ProjectOpt,
+    encoder: Optional[str] = typer.Option(None, help="Name for the imported set (default: byo:<file stem>)."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="File naming the rows (ids or paths), if not next to FILE."),
+):
+    """Import your own embeddings (stored like `curate embed` output)."""
+    from engine.byo import import_embeddings
+
+    rep = import_embeddings(open_project(project), file, encoder=encoder, ids_file=ids)
+    console.print(f"imported {rep.rows} vectors as encoder {rep.target}", highlight=False)
+
+
+@app.command("import-predictions")
+def import_predictions_cmd(
+    file: Path = typer.Argument(..., help="Parquet/CSV (sample_id|path + one column per class) or .npz (probs, ids|paths, class_names)."),
+    project: Path = ProjectOpt,
+):
+    """Import per-sample class probabilities from your own model (used by label-issue detection)."""
+    from engine.byo import import_predictions
+
+    rep = import_predictions(open_project(project), file)
+    for w in rep.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(f"imported predictions for {rep.rows} samples", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------- indexes (issue 4)
+@app.command()
+def index(
+    project: Path = ProjectOpt,
+    encoder: Optional[str] = typer.Option(None, help="Embedding set to index (default: the most recent)."),
+    factory: str = typer.Option("auto", help="auto, or a FAISS index_factory string (e.g. 'HNSW32,Flat', 'IVF4096,PQ32')."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per sample in the kNN graph."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Ignore saved files and rebuild both."),
+):
+    """Build or refresh the search index and the shared kNN graph; print what they are and their recall."""
+    from indexes.graph import load_or_build_graph
+    from indexes.search import load_or_build_index
+
+    cat = open_project(project)
+    pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=True)
+    _, graph = load_or_build_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild, progress=True)
+    m = pix.meta
+    console.print(f"search index ({pix.status}): {m.n_vectors} x {m.dim} {m.factory} {m.search_params or '(exact)'}, "
+                  f"recall@10 {m.recall_at_10:.3f}, built in {m.build_seconds:.1f}s")
+    console.print(f"kNN graph ({graph.cache}): {graph.n} samples x k={graph.k}, {graph.method}, recall {graph.recall:.3f}")
+
+
+@app.command()
+def search(
+    project: Path = ProjectOpt,
+    image: Optional[Path] = typer.Option(None, "--image", help="Find samples similar to this image file."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Find samples similar to this sample id."),
+    text: Optional[str] = typer.Option(None, "--text", help="Find samples matching this text (CLIP encoders only)."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    encoder: Optional[str] = typer.Option(None, help="Embedding set to search (default: the most recent)."),
+):
+    """Similarity search: top-k sample ids, cosine scores and paths."""
+    from indexes.search import search_image, search_sample, search_text
+
+    if sum(q is not None for q in (image, sample, text)) != 1:
+        raise CurateError("pass exactly one of --image PATH, --sample ID or --text \"...\"")
+    cat = open_project(project)
+    if image is not None:
+        hits, what = search_image(cat, image, k, encoder), f"image {image}"
+    elif sample is not None:
+        hits, what = search_sample(cat, sample, k, encoder), f"sample {sample}"
+    else:
+        hits, what = search_text(cat, text, k, encoder), f"text {text!r}"
+    _print_df(hits, title=f"most similar to {what}", max_rows=k)
+
+
 # ------------------------------------------------------------------------------------------- analyses (issues 5-8)
+# label issues (issue 5)
+@audit_app.command("labels")
+def audit_labels(
+    project: Path = ProjectOpt,
+    top: int = typer.Option(20, help="How many of the most likely label issues to list."),
+    encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
+    folds: int = typer.Option(5, help="Folds of the cross-validated linear probe."),
+    method: str = typer.Option("self_confidence", help="Label quality score: self_confidence | normalized_margin."),
+    seed: int = typer.Option(0, help="Seed of the fold split."),
+):
+    """Find probably-wrong labels (confident learning on out-of-sample probe + kNN probabilities)."""
+    from engine.analyses import label_issues
+
+    cat = open_project(project)
+    s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed)
+    console.print(f"{s['n_issues']} of {s['n_labeled']} labeled samples flagged; estimated label noise "
+                  f"{s['estimated_noise_rate']:.1%} ({s['encoder'] or 'imported predictions'})", markup=False)
+    noisiest = sorted(s["noise_rate_per_class"].items(), key=lambda kv: -kv[1])[:5]
+    console.print("noisiest classes: " + ", ".join(f"{c} {r:.1%}" for c, r in noisiest), markup=False)
+    if s["top_confused_pairs"]:
+        pairs = [f"{p['given']} -> {p['true']} (~{p['estimated_count']})" for p in s["top_confused_pairs"][:5]]
+        console.print("most confused (given -> true): " + ", ".join(pairs), markup=False)
+    if s["small_classes"]:
+        console.print(f"small classes (< {folds} samples): "
+                      + ", ".join(f"{c} ({n})" for c, n in list(s["small_classes"].items())[:10]), markup=False)
+    for w in s.get("warnings", []):
+        console.print(f"warning: {w}", markup=False, style="yellow")
+    _print_df(label_issues.top_issues(cat, limit=top), title="most likely label issues", max_rows=top)
+
+
+# duplicates + leakage, outliers, image quality (issue 6)
+@audit_app.command("duplicates")
+def audit_duplicates(
+    project: Path = ProjectOpt,
+    threshold: Optional[float] = typer.Option(None, help="Cosine threshold for near-duplicates (default: calibrated "
+                                              "for the encoder, see engine.analyses.duplicates)."),
+    encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
+    k: int = typer.Option(10, help="Neighbours per sample in the shared kNN graph."),
+    hash_distance: int = typer.Option(2, help="Perceptual-hash Hamming distance that also counts as a near-duplicate "
+                                      "(-1: embeddings only)."),
+    seed: int = typer.Option(0, help="Seed of the SemDeDup k-means partitions."),
+    semdedup: bool = typer.Option(True, "--semdedup/--no-semdedup", help="Also compute the SemDeDup pruning curve."),
+):
+    """Exact + near-duplicate sets with proposed keepers, train/test leakage and the SemDeDup pruning curve."""
+    from engine.analyses import duplicates
+
+    cat = open_project(project)
+    s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
+                       hash_distance=None if hash_distance < 0 else hash_distance)
+    hd = "off" if s["hash_distance"] is None else f"<= {s['hash_distance']}"
+    console.print(f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
+                  f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
+                  f"(cosine >= {s['threshold']:.3f} on {s['encoder']}, pHash distance {hd})",
+                  highlight=False)
+    console.print(f"train/test leakage: {s['leakage_pairs']} cross-split pairs, {s['sets_crossing_splits']} sets")
+    top = duplicates.largest_sets(cat, limit=10)
+    if len(top):
+        _print_df(top, title="largest duplicate sets")
+    if s["leakage_top"]:
+        import pandas as pd
+
+        _print_df(pd.DataFrame(s["leakage_top"]), title="leakage pairs (most similar first)", max_rows=10)
+    if "semdedup" in s:
+        import pandas as pd
+
+        _print_df(pd.DataFrame(s["semdedup"]["curve"]),
+                  title=f"SemDeDup curve ({s['semdedup']['n_partitions']} k-means partitions)")
+
+
+@audit_app.command("outliers")
+def audit_outliers(
+    project: Path = ProjectOpt,
+    encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
+    k: int = typer.Option(10, help="Neighbours averaged for the score."),
+    z: float = typer.Option(3.5, help="Robust z-score of log kNN distance above which a sample is flagged."),
+):
+    """Out-of-distribution scores from the kNN graph (lower = more outlying) and the flagged outliers."""
+    from engine.analyses import outliers
+
+    cat = open_project(project)
+    s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z)
+    console.print(f"{s['flagged']} of {s['n']} samples flagged as outliers (score < {s['score_cutoff']:.3f})")
+    _print_df(outliers.top_outliers(cat, limit=15), title="most outlying samples")
+
+
+@audit_app.command("quality")
+def audit_quality(
+    project: Path = ProjectOpt,
+    workers: Optional[int] = typer.Option(None, help="Threads reading images (default: min(8, CPUs))."),
+    recompute: bool = typer.Option(False, help="Recompute image statistics already stored."),
+):
+    """Image-property issues: blurry, dark, bright, low information, odd aspect ratio / size, grayscale."""
+    from engine.analyses import image_quality
+
+    cat = open_project(project)
+    s = image_quality.run(cat, workers=workers, recompute=recompute, progress=True)
+    console.print(f"{s['images']} images ({s['stats_computed']} newly measured, {s['unreadable']} unreadable); "
+                  f"{s['samples_with_issues']} with at least one issue")
+    import pandas as pd
+
+    _print_df(pd.DataFrame({"issue": list(s["issues"]), "images": list(s["issues"].values())}), title="issues")
+    worst = image_quality.worst_examples(cat, per_issue=3)
+    if len(worst):
+        _print_df(worst, title="worst examples per issue", max_rows=30)
+
+
+# clusters + 2-D map (issue 7), active learning (issue 8)
+@app.command()
+def cluster(
+    project: Path = ProjectOpt,
+    k: Optional[int] = typer.Option(None, "--k", help="Number of k-means clusters (default: chosen by silhouette)."),
+    method: str = typer.Option("kmeans", help="kmeans | hdbscan (density clusters with a noise label -1)."),
+    encoder: Optional[str] = typer.Option(None, help="Embedding set to cluster (default: the most recent)."),
+    seed: int = typer.Option(0, help="Random seed (k-means, silhouette sample, UMAP)."),
+    names: bool = typer.Option(True, "--names/--no-names", help="Suggest a name per cluster with the encoder."),
+):
+    """Cluster the embeddings, summarise each cluster and compute the 2-D map."""
+    from engine.analyses import clusters
+
+    cat = open_project(project)
+    res = clusters.run(cat, encoder=encoder, k=k, method=method, seed=seed, name_clusters=names)
+    console.print(f"{res.k} clusters ({res.method}, k chosen by {res.summary['k_chosen_by']}) over {res.n} samples"
+                  f"{f', {res.n_noise} noise' if res.n_noise else ''}; map: {res.map_method}; {res.seconds:.1f}s")
+    df = cat.query_df("SELECT cluster, size, name, majority_label, purity FROM cluster_summaries ORDER BY cluster")
+    _print_df(df.astype(object).where(df.notna(), "-"), title="clusters", max_rows=30)
+
+
+@app.command()
+def query(
+    project: Path = ProjectOpt,
+    strategy: str = typer.Option("typiclust", help="random | least_confidence | margin | entropy | coreset | "
+                                 "typiclust | probcover | badge | margin_diversity"),
+    budget: int = typer.Option(100, help="How many samples to select."),
+    encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    max_per_class: Optional[int] = typer.Option(None, help="At most this many picks per predicted class."),
+    include_outliers: bool = typer.Option(False, help="Also select samples flagged as outliers."),
+    url_prefix: Optional[str] = typer.Option(None, help="Image URL prefix for the Label Studio tasks, "
+                                             "e.g. /data/local-files/?d="),
+):
+    """Select the next batch to label (table `queries`) and export it as CSV/JSON/Label Studio tasks."""
+    from engine.analyses import active
+
+    res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
+                     max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix)
+    if res.batch_id is None:
+        console.print("nothing to query: every embedded sample is labeled or excluded")
+        return
+    excluded = ", ".join(f"{v} {k}" for k, v in res.excluded.items() if v) or "none"
+    console.print(f"batch {res.batch_id}: {len(res.table)} samples by {res.strategy}; excluded: {excluded}")
+    _print_df(res.table[["rank", "sample_id", "score", "reason"]], title=f"query batch {res.batch_id}")
+    for f in res.files:
+        console.print(f"wrote {f}")
+
+
+@app.command("import-labels")
+def import_labels_cmd(
+    file: Path = typer.Argument(..., help="CSV/TSV/Parquet/JSON with sample_id or path + label, or a Label Studio export."),
+    project: Path = ProjectOpt,
+    source: str = typer.Option("annotation", help="Label source recorded in the catalog."),
+):
+    """Add labels that came back from annotators; the next `curate query` excludes them."""
+    from engine.analyses.active import import_labels
+
+    rep = import_labels(open_project(project), file, source=source)
+    console.print(f"{rep.added} labels added ({rep.already_same} unchanged, {rep.skipped_empty} empty rows skipped)"
+                  + (f"; new classes: {', '.join(rep.new_classes)}" if rep.new_classes else ""))
+
+
 # ------------------------------------------------------------------------------------------- UI, decisions, export (issue 9)
 
 
@@ -107,6 +398,67 @@ def ui(
     """Serve the Streamlit review UI over the project's catalog."""
     open_project(project)
     _serve_ui(project, port=port, host=host)
+
+
+@app.command()
+def decide(
+    sample_id: int = typer.Argument(..., help="Sample id (see `curate status` or the UI)."),
+    action: str = typer.Argument(..., help="keep | relabel | remove | merge (merge = keep this copy of its duplicate set)."),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="New label (relabel only)."),
+    reason: str = typer.Option("", "--reason", "-r", help="Why (kept in the history and the export's changes report)."),
+    project: Path = ProjectOpt,
+):
+    """Record a review decision for one sample (appended to the history; undo with `curate undo`)."""
+    did = open_project(project).add_decision(sample_id, action.lower(), new_label=label, reason=reason)
+    console.print(f"decision {did}: sample {sample_id} {action.lower()}" + (f" -> {label}" if label else ""))
+
+
+@app.command()
+def undo(decision_id: int = typer.Argument(..., help="Id of the decision to undo."), project: Path = ProjectOpt):
+    """Undo a decision (an undo record is appended; nothing is deleted)."""
+    did = open_project(project).undo_decision(decision_id)
+    console.print(f"decision {decision_id} undone (undo record {did})")
+
+
+@app.command()
+def decisions(
+    project: Path = ProjectOpt,
+    limit: int = typer.Option(50, help="How many to list (newest first)."),
+    offset: int = typer.Option(0, help="Skip this many newest ones."),
+):
+    """List the decision history, newest first, with whether each was undone."""
+    import pandas as pd
+
+    df = open_project(project).decisions(limit=limit, offset=offset)
+    if df.empty:
+        console.print("no decisions yet")
+        return
+    df["status"] = [f"undo of {int(u)}" if pd.notna(u) else ("undone" if d else "live")
+                    for u, d in zip(df["undoes"], df["undone"])]
+    df["created_at"] = df["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    _print_df(df[["id", "sample_id", "action", "new_label", "reason", "status", "created_at"]].fillna(""),
+              title="decisions", max_rows=limit)
+
+
+@app.command()
+def export(
+    project: Path = ProjectOpt,
+    format: list[str] = typer.Option(["csv"], "--format", "-f", help="csv | parquet | imagefolder (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New or empty folder (default: <project>/exports/<timestamp>)."),
+    copy: bool = typer.Option(False, "--copy/--symlink", help="ImageFolder tree: copy files instead of symlinking."),
+    queue: bool = typer.Option(True, "--queue/--no-queue", help="Also export the annotation queue (CSV, JSON, Label Studio)."),
+    url_prefix: Optional[str] = typer.Option(None, help="Label Studio data.image prefix, e.g. '/data/local-files/?d='."),
+):
+    """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue."""
+    from engine.export import export_dataset
+
+    res = export_dataset(open_project(project), out_dir=out, formats=format, link="copy" if copy else "symlink",
+                         queue=queue, url_prefix=url_prefix)
+    console.print(f"exported {res.n_exported} of {res.n_samples} samples to {res.out_dir} "
+                  f"({res.n_removed} removed, {res.n_relabelled} relabelled, {res.n_labelled} newly labelled"
+                  + (f", {res.n_queue} queue items" if res.n_queue else "") + ")")
+    for p in res.files:
+        console.print(f"  {p}")
 
 
 def main() -> None:

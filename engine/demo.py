@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 from engine.catalog import Catalog, CurateError
 
 SIZE = 64
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 @dataclass
@@ -74,8 +74,10 @@ def _render_digit(pix8: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """8x8 intensities (0..16) -> 64x64 RGB: dark ink on a lightly tinted page."""
     ink_alpha = np.asarray(Image.fromarray((pix8 * (255.0 / 16.0)).astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC),
                            dtype=np.float32) / 255.0
-    page = rng.uniform(205, 250, size=3)
-    ink = rng.uniform(0, 70, size=3)
+    # near-neutral paper and ink with a little per-image tint: the digit's shape, not its colour, should
+    # dominate what an encoder sees
+    page = rng.uniform(228, 248) + rng.uniform(-5, 5, size=3)
+    ink = rng.uniform(15, 55) + rng.uniform(-8, 8, size=3)
     rgb = page[None, None, :] * (1 - ink_alpha[..., None]) + ink[None, None, :] * ink_alpha[..., None]
     noise = rng.normal(0, 3.0, size=rgb.shape)
     return Image.fromarray(np.clip(rgb + noise, 0, 255).astype(np.uint8), "RGB")
