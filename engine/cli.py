@@ -77,11 +77,12 @@ def demo(
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Start the review UI at the end."),
     port: int = typer.Option(8501, help="UI port."),
     encoder: str = typer.Option("auto", help="Encoder for the embeddings (auto picks CLIP when its weights are local)."),
+    size: Optional[int] = typer.Option(None, help="Use a seeded subset of this many digits (100..1797) for a quicker run."),
 ):
     """Build the embedded demo dataset, run the full audit, print measured scores, then open the UI."""
     from engine.demo import run_demo
 
-    run_demo(project, data_dir=data, seed=seed, encoder=encoder, console=console)
+    run_demo(project, data_dir=data, seed=seed, encoder=encoder, console=console, n_digits=size)
     if ui:
         _serve_ui(project, port=port, host="127.0.0.1")
 
@@ -212,6 +213,25 @@ def search(
 
 # ------------------------------------------------------------------------------------------- analyses (issues 5-8)
 # label issues (issue 5)
+@audit_app.command("all")
+def audit_all(
+    project: Path = ProjectOpt,
+    encoder: str = typer.Option("auto", help="Encoder for the embeddings (auto picks CLIP when its weights are local)."),
+    k: int = typer.Option(10, help="Neighbours per sample in the shared kNN graph."),
+    cluster_k: Optional[int] = typer.Option(None, "--cluster-k", help="Number of clusters (default: chosen by a silhouette sweep)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first failing step instead of reporting it and going on."),
+):
+    """The full audit: embed -> kNN graph -> label issues, duplicates, outliers, image quality, clusters, query."""
+    from engine.pipeline import run_audit
+    from engine.report import print_status
+
+    cat = open_project(project)
+    timings = run_audit(cat, encoder=encoder, k=k, console=console, strict=strict, cluster_k=cluster_k)
+    print_status(cat, console)
+    if any(t["status"] == "failed" for t in timings.values()):
+        raise typer.Exit(1)
+
+
 @audit_app.command("labels")
 def audit_labels(
     project: Path = ProjectOpt,

@@ -39,6 +39,7 @@ class DemoTruth:
 
     root: Path
     seed: int
+    n_digits: int | None = None  # None = all 1,797 digits
     labeled_dir: str = "labeled"
     unlabeled_dir: str = "unlabeled"
     true_label: dict[str, str] = field(default_factory=dict)  # every valid image -> its true class
@@ -108,8 +109,12 @@ def _near_copy(img: Image.Image, how: str, rng: np.random.Generator) -> tuple[Im
 
 
 def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0.08, near_dup_rate: float = 0.03,
-                       n_unlabeled: int = 300, n_test: int = 250) -> DemoTruth:
-    """Write the demo dataset to ``out_dir`` (idempotent for the same seed) and return its ground truth."""
+                       n_unlabeled: int = 300, n_test: int = 250, n_digits: int | None = None) -> DemoTruth:
+    """Write the demo dataset to ``out_dir`` (idempotent for the same seed and size) and return its ground truth.
+
+    ``n_digits`` uses a seeded subset of the 1,797 digits (the unlabeled pool and test split shrink in proportion)
+    for quick runs; the planted outliers, exact duplicates, corrupt, dark and blurry files keep their counts.
+    """
     from sklearn.datasets import load_digits, load_sample_images
 
     root = Path(out_dir).expanduser().resolve()
@@ -117,7 +122,8 @@ def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0
     if gt.exists():
         try:
             truth = DemoTruth.load(root)
-            if truth.seed == seed and json.loads(gt.read_text()).get("version") == DEMO_VERSION:
+            meta = json.loads(gt.read_text())
+            if truth.seed == seed and meta.get("version") == DEMO_VERSION and meta.get("n_digits") == n_digits:
                 return truth
         except Exception:
             pass  # unreadable truth: rebuild below
@@ -129,9 +135,16 @@ def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0
     digits = load_digits()
     n = len(digits.target)
     order = rng.permutation(n)
+    if n_digits is not None:
+        if not 100 <= n_digits <= n:
+            raise CurateError(f"demo size {n_digits} is out of range; pick 100..{n} digits")
+        order = order[:n_digits]
+        n_unlabeled = int(round(n_unlabeled * n_digits / n))
+        n_test = int(round(n_test * n_digits / n))
+        n = n_digits
     unl_idx, test_idx, train_idx = order[:n_unlabeled], order[n_unlabeled:n_unlabeled + n_test], order[n_unlabeled + n_test:]
-    truth = DemoTruth(root=root, seed=seed)
-    images: dict[int, Image.Image] = {i: _render_digit(digits.images[i], rng) for i in range(n)}
+    truth = DemoTruth(root=root, seed=seed, n_digits=n_digits)
+    images: dict[int, Image.Image] = {int(i): _render_digit(digits.images[i], rng) for i in sorted(order.tolist())}
     classes = [str(c) for c in range(10)]
 
     labeled_idx = np.concatenate([train_idx, test_idx])
@@ -296,7 +309,7 @@ def evaluate(cat: Catalog, truth: DemoTruth) -> dict[str, dict]:
             for a, b in pairs(kind):
                 sa = cat.scalar("SELECT split FROM samples WHERE id = ?", [by_path[a]])
                 sb = cat.scalar("SELECT split FROM samples WHERE id = ?", [by_path[b]])
-                if sa != sb:
+                if sa is not None and sb is not None and sa != sb:  # unsplit (unlabeled pool) pairs are not leakage
                     leak_pred.add((a, b))
         scores["train/test leakage (pairs)"] = _pr(leak_pred, truth_pairs(truth.leakage))
 
@@ -352,7 +365,7 @@ def _hungarian_acc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------- the demo command
 def run_demo(project: str | Path, data_dir: str | Path | None = None, seed: int = 0, encoder: str = "auto",
-             console=None) -> dict:
+             console=None, n_digits: int | None = None) -> dict:
     """Build the demo data, ingest it, run the full audit and print a scored summary; returns the scores."""
     from rich.console import Console
 
@@ -366,12 +379,14 @@ def run_demo(project: str | Path, data_dir: str | Path | None = None, seed: int 
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else project / "demo-data"
     t0 = time.perf_counter()
     console.print(f"[bold]Curate demo[/]: digits dataset in {data_dir}, project {project}")
-    truth = build_demo_dataset(data_dir, seed=seed)
+    truth = build_demo_dataset(data_dir, seed=seed, n_digits=n_digits)
     cat = init_project(project)
     cat.set_meta("demo_data", str(data_dir))
     for src, kind in ((data_dir / truth.labeled_dir, "imagefolder"), (data_dir / truth.unlabeled_dir, "unlabeled")):
         ingest(cat, src, kind=kind, progress=True).print(console)
-    timings = run_audit(cat, encoder=encoder, console=console)
+    # the demo knows its data has 10 digit classes: cluster with k = 10 (`curate cluster` without --k sweeps k itself)
+    n_classes = int(cat.scalar("SELECT count(*) FROM classes") or 0) or None
+    timings = run_audit(cat, encoder=encoder, console=console, cluster_k=n_classes)
     scores = evaluate(cat, truth)
     print_scores(cat, scores, timings, console=console)
     console.print(f"demo finished in {time.perf_counter() - t0:.1f}s")

@@ -8,8 +8,11 @@ from typing import Callable
 from engine.catalog import Catalog, CurateError
 
 
-def audit_steps(encoder: str = "auto", k: int = 10) -> list[tuple[str, Callable[[Catalog, dict], object]]]:
-    """The ordered steps of a full audit; each takes (catalog, context) and may put things into context."""
+def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None) -> list[tuple[str, Callable[[Catalog, dict], object]]]:
+    """The ordered steps of a full audit; each takes (catalog, context) and may put things into context.
+
+    ``k`` is the kNN-graph degree; ``cluster_k`` the number of k-means clusters (None: chosen by the silhouette sweep).
+    """
 
     def embed(cat: Catalog, ctx: dict):
         from engine.embed import embed_project
@@ -44,7 +47,7 @@ def audit_steps(encoder: str = "auto", k: int = 10) -> list[tuple[str, Callable[
     def clusters(cat: Catalog, ctx: dict):
         from engine.analyses import clusters as m
 
-        m.run(cat, encoder=ctx.get("encoder"))
+        m.run(cat, encoder=ctx.get("encoder"), k=cluster_k)
 
     def query(cat: Catalog, ctx: dict):
         from engine.analyses import active as m
@@ -63,7 +66,8 @@ def audit_steps(encoder: str = "auto", k: int = 10) -> list[tuple[str, Callable[
     ]
 
 
-def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, strict: bool = False) -> dict[str, dict]:
+def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, strict: bool = False,
+              cluster_k: int | None = None) -> dict[str, dict]:
     """Run every audit step; returns {step: {"seconds": s, "status": "ok"|"failed", "error": msg}}.
 
     A failing step is reported in one line and the audit goes on with the steps that do not need it
@@ -72,7 +76,7 @@ def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, st
     ctx: dict = {}
     timings: dict[str, dict] = {}
     blocked = False
-    for name, fn in audit_steps(encoder=encoder, k=k):
+    for name, fn in audit_steps(encoder=encoder, k=k, cluster_k=cluster_k):
         if blocked and name != "image quality":
             timings[name] = {"seconds": 0.0, "status": "skipped", "error": "needs embeddings"}
             continue
