@@ -34,7 +34,8 @@ test: $(VENV)/.installed-test browser-deps
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.installed-test
-	$(PY) bench/run_all.py
+	$(PIP) install -q -e ".[test,bench]"
+	$(PY) bench/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) curate-project build *.egg-info

@@ -15,13 +15,13 @@ Checks (each yields findings with a severity and, where possible, a repair):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from engine.catalog import SCHEMA_VERSION, Catalog
+from engine.embed import _sha256_file
 
 
 @dataclass
@@ -49,14 +49,6 @@ class DoctorReport:
             mark = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}[f.severity]
             out(f"[{mark}] {f.check}: {f.message}" + (" (repaired)" if f.repaired else ""))
         out("workspace is healthy" if self.healthy else "problems found; rerun with --repair to fix what can be fixed")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.PathLike] = ()) -> DoctorReport:
@@ -91,7 +83,7 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                     for name in files:
                         p = os.path.abspath(os.path.join(dirpath, name))
                         try:
-                            h = _sha256(Path(p))
+                            h = _sha256_file(Path(p))
                         except OSError:
                             continue
                         if h in wanted and h not in found:
@@ -120,7 +112,7 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
             f = folder / f"{shard}.npy"
             if not f.exists():
                 bad.append(f"{f.name} missing")
-            elif _sha256(f) != sha:
+            elif _sha256_file(f) != sha:
                 bad.append(f"{f.name} checksum mismatch")
         if bad:
             if repair:
