@@ -114,7 +114,6 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
 
     # ------------------------------------------------------------------ embedding shards
     from engine.embed import drop_bad_shards, embeddings_dir, remove_orphan_shards, shard_problem
-    from engine.encoders import is_builtin_name
 
     for (encoder,) in cat.query("SELECT encoder FROM embedding_sets ORDER BY encoder"):
         folder = embeddings_dir(cat, encoder)
@@ -122,6 +121,8 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                    "SELECT shard, n, sha256 FROM embedding_shards WHERE encoder = ? ORDER BY shard", [encoder])
                if (p := shard_problem(folder, shard, n, sha))]
         if bad:
+            from engine.encoders import is_builtin_name  # loads torch: only when there is something to say
+
             if repair:
                 drop_bad_shards(cat, encoder)  # only those shards: their samples are embedded again next run
             again = (f"run `curate embed --encoder {encoder}`" if is_builtin_name(encoder)
