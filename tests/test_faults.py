@@ -68,29 +68,31 @@ def test_sigkill_during_index_and_graph_build_then_rerun_equals_uninterrupted(tm
 
 # ------------------------------------------------------------------------------------------------ analysis
 def test_sigkill_during_an_analysis_commit_leaves_old_results_and_rerun_equals_uninterrupted(tmp_path):
-    from engine.analyses import label_issues
+    from engine.analyses import outliers
 
     cat, _ = byo_project(tmp_path)
-    label_issues.run(cat, encoder=ENC, n_folds=3, seed=0)  # an earlier, complete run
-    cols = ["sample_id", "given_label", "suggested_label", "suggested_confidence", "label_quality", "is_issue", "rank"]
-    before = cat.query_df("SELECT * FROM label_issues ORDER BY sample_id")
-    assert before["is_issue"].sum() >= 1
+    outliers.run(cat, encoder=ENC, k=5)  # an earlier, complete run
+    cols = ["sample_id", "score", "is_outlier", "rank"]
+    before = cat.query_df("SELECT * FROM outliers ORDER BY sample_id")
+    assert len(before) == 24
 
-    # killed inside the results transaction, after its DELETE + INSERT, just before COMMIT
-    curate_killed_at("CURATE_TEST_ANALYSIS_PAUSE", "audit", "labels", "-p", cat.root, "--folds", "3", "--seed", "0")
+    # a newer kNN graph (k=8) changes the scores; the run is killed inside its results transaction, after its
+    # DELETE + INSERT, just before COMMIT
+    curate_killed_at("CURATE_TEST_ANALYSIS_PAUSE", "audit", "outliers", "-p", cat.root, "--k", "8")
     cat = open_project(cat.root)
-    after_kill = cat.query_df("SELECT * FROM label_issues ORDER BY sample_id")
+    after_kill = cat.query_df("SELECT * FROM outliers ORDER BY sample_id")
     pd.testing.assert_frame_equal(after_kill, before)  # the old results, whole: no partial rows, no mixed runs
-    killed = cat.query("SELECT status FROM runs WHERE kind = 'label_issues' ORDER BY id")
+    killed = cat.query("SELECT status FROM runs WHERE kind = 'outliers' ORDER BY id")
     assert [s for (s,) in killed] == ["ok", "running"]  # the killed run never claims to have finished
 
-    label_issues.run(cat, encoder=ENC, n_folds=3, seed=0)  # the rerun: what `curate audit labels` calls
-    rerun = cat.query_df("SELECT * FROM label_issues ORDER BY sample_id")
+    outliers.run(cat, encoder=ENC, k=8)  # the rerun: what `curate audit outliers --k 8` calls
+    rerun = cat.query_df("SELECT * FROM outliers ORDER BY sample_id")
     assert rerun["run_id"].nunique() == 1 and rerun["run_id"].iloc[0] > before["run_id"].iloc[0]
+    assert not np.allclose(rerun["score"], before["score"])  # a different result than the one kept after the kill
 
     ref, _ = byo_project(tmp_path, name="uninterrupted")
-    label_issues.run(ref, encoder=ENC, n_folds=3, seed=0)
-    want = ref.query_df("SELECT * FROM label_issues ORDER BY sample_id")
+    outliers.run(ref, encoder=ENC, k=8)
+    want = ref.query_df("SELECT * FROM outliers ORDER BY sample_id")
     pd.testing.assert_frame_equal(rerun[cols].reset_index(drop=True), want[cols].reset_index(drop=True))
 
 
