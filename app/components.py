@@ -47,8 +47,10 @@ def _write(fn: Callable[[], object], wait_s: float = 10.0) -> object:
     """Run a catalog write, retrying while another session of this server holds a read connection.
 
     DuckDB refuses a read-write connection in a process that has a read-only one open on the same file
-    ("different configuration"); app reads are short, so a brief retry is enough.  Lock conflicts with other
-    processes are already retried by :meth:`Catalog.connect`.
+    ("different configuration"); app reads are short, so a brief retry is enough.  :meth:`Catalog.connect`
+    already waits for both this and other processes' locks (``CURATE_LOCK_WAIT``) and then raises
+    ``ProjectBusyError``, which ``record`` shows as a one-line message; this loop only covers a conflict raised
+    past ``connect`` (e.g. by a DuckDB version that reports it on the first statement).
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -114,17 +116,38 @@ def thumb(root: str, sample_id: int, path: str | None) -> str | bytes:
     return str(t) if t is not None else thumbnails.placeholder()
 
 
+BROWSER_FORMATS = {"JPEG", "PNG", "GIF", "WEBP"}
+
+
 def full_image(root: str, path: str | None, size: int = 512) -> str | bytes:
-    """The original file for a large view, or a placeholder when it cannot be read."""
+    """The original file for a large view, or a placeholder when it cannot be read.
+
+    Files a browser shows as they are (JPEG/PNG/GIF/WebP, upright, 8-bit) are passed by path; anything else
+    (an EXIF rotation, TIFF/BMP, 16-bit or CMYK pixels) is decoded upright to a JPEG of at most ``size`` pixels,
+    so the reviewer sees what the model saw.
+    """
     if path is not None and not (isinstance(path, float) and math.isnan(path)):
         p = thumbnails.resolve_source(root, path)
         if p.is_file():
             try:
+                import io
+
                 from PIL import Image
 
+                from engine.images import HIGH_BIT_MODES, exif_orientation, open_rgb
+
                 with Image.open(p) as im:
-                    im.verify()
-                return str(p)
+                    im.verify()  # must come first: reading the EXIF of a PNG loads it, and verify refuses that
+                with Image.open(p) as im:
+                    as_is = (im.format in BROWSER_FORMATS and exif_orientation(im) == 1
+                             and im.mode not in HIGH_BIT_MODES + ("CMYK", "YCbCr", "LAB"))
+                if as_is:
+                    return str(p)
+                im = open_rgb(p, draft=size)
+                im.thumbnail((size, size))
+                buf = io.BytesIO()
+                im.save(buf, "JPEG", quality=90)
+                return buf.getvalue()
             except Exception:
                 pass
     return thumbnails.placeholder(size, "missing or unreadable")

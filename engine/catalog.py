@@ -50,6 +50,17 @@ class ProjectNotFoundError(CurateError):
     pass
 
 
+def fault_pause(variable: str, what: str) -> None:
+    """Fault-test hook: when env ``variable`` holds seconds, say ``CURATE_TEST_PAUSED <what>`` on stderr and sleep,
+    so a test can SIGKILL the process at exactly this point.  Unset (always, outside tests): does nothing."""
+    seconds = float(os.environ.get(variable) or 0)
+    if seconds > 0:
+        import sys
+
+        print(f"CURATE_TEST_PAUSED {what}", file=sys.stderr, flush=True)
+        time.sleep(seconds)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -245,6 +256,12 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "lock" in msg and ("conflicting" in msg or "could not set lock" in msg or "locked" in msg)
 
 
+def _is_config_conflict(exc: BaseException) -> bool:
+    """DuckDB refuses a read-write and a read-only connection to one file in the same process (the UI server's
+    sessions do this: one reads while another writes); it clears as soon as the other connection closes."""
+    return "different configuration" in str(exc).lower()
+
+
 @dataclass
 class Project:
     """Paths of a project workspace."""
@@ -318,19 +335,23 @@ class Catalog:
     # ---------------------------------------------------------------- connections
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection; waits for a concurrent writer up to ``wait_s``."""
+        """A short-lived connection; waits up to ``wait_s`` for another process holding the file's lock, or for
+        another connection of this process opened in the other mode (read-only vs read-write)."""
         deadline = time.monotonic() + self.wait_s
         delay = 0.02
         while True:
             try:
                 con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
                 break
-            except duckdb.Error as exc:  # IOException on lock conflicts
-                if not _is_lock_error(exc):
+            except duckdb.Error as exc:  # IOException on lock conflicts, ConnectionException on mode conflicts
+                in_process = _is_config_conflict(exc)
+                if not (in_process or _is_lock_error(exc)):
                     raise CurateError(f"cannot open catalog {self.path}: {exc}".splitlines()[0]) from exc
                 if time.monotonic() >= deadline:
+                    holder = ("another connection in this process (opened " + ("read-write" if read_only else "read-only")
+                              + ")") if in_process else "another curate process"
                     raise ProjectBusyError(
-                        f"project is busy: another curate process holds {self.path} "
+                        f"project is busy: {holder} holds {self.path} "
                         f"(waited {self.wait_s:.0f}s); wait for it to finish or close it, then retry"
                     ) from exc
                 time.sleep(delay)
@@ -424,6 +445,8 @@ class Catalog:
         args = [status, now, now, json.dumps(summary or {}, default=_json_default), run_id]
         if con is not None:
             con.execute(sql, args)
+            if status == "ok":  # inside an analysis's results transaction: the last moment before its commit
+                fault_pause("CURATE_TEST_ANALYSIS_PAUSE", f"run {run_id} before commit")
         else:
             with self.transaction() as c:
                 c.execute(sql, args)

@@ -483,7 +483,10 @@ def export(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # without standalone mode click *returns* the code of a `typer.Exit(n)` instead of exiting with it
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except CurateError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

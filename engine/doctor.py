@@ -10,7 +10,9 @@ Checks (each yields findings with a severity and, where possible, a repair):
   vectors so the next ``curate embed`` recomputes them), and orphan shard files no record points to (repair: delete);
 * index / kNN-graph files whose checksum fails or that are stale for the current embeddings (repair: delete, they
   are rebuilt on next use);
-* orphan thumbnails of samples that no longer exist (repair: delete).
+* index folders of encoders whose embeddings were dropped (repair: delete);
+* orphan thumbnails of samples that no longer exist (repair: delete);
+* partial export folders and temporary files left by killed processes (repair: delete).
 """
 
 from __future__ import annotations
@@ -103,22 +105,23 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                     "rerun with --repair --search DIR to find moved files by content hash")
 
     # ------------------------------------------------------------------ embedding shards
-    from engine.embed import drop_embeddings, embeddings_dir, remove_orphan_shards
+    from engine.embed import drop_bad_shards, embeddings_dir, remove_orphan_shards, shard_problem
 
     for (encoder,) in cat.query("SELECT encoder FROM embedding_sets ORDER BY encoder"):
         folder = embeddings_dir(cat, encoder)
-        bad = []
-        for shard, sha in cat.query("SELECT shard, sha256 FROM embedding_shards WHERE encoder = ? ORDER BY shard", [encoder]):
-            f = folder / f"{shard}.npy"
-            if not f.exists():
-                bad.append(f"{f.name} missing")
-            elif _sha256_file(f) != sha:
-                bad.append(f"{f.name} checksum mismatch")
+        bad = [p for shard, n, sha in cat.query(
+                   "SELECT shard, n, sha256 FROM embedding_shards WHERE encoder = ? ORDER BY shard", [encoder])
+               if (p := shard_problem(folder, shard, n, sha))]
         if bad:
+            from engine.encoders import is_builtin_name  # loads torch: only when there is something to say
+
             if repair:
-                drop_embeddings(cat, encoder)
+                drop_bad_shards(cat, encoder)  # only those shards: their samples are embedded again next run
+            again = (f"run `curate embed --encoder {encoder}`" if is_builtin_name(encoder)
+                     else f"import them again with `curate import-embeddings FILE --encoder {encoder}`")
             rep.add(f"embeddings {encoder}", "error",
-                    f"{len(bad)} bad shard(s): {', '.join(bad[:3])}" + ("; dropped, run `curate embed` again" if repair else ""),
+                    f"{len(bad)} bad shard(s): {', '.join(bad[:3])}"
+                    + (f"; dropped, {again} to recompute their vectors" if repair else ""),
                     repaired=repair)
             continue
         recorded = {s for (s,) in cat.query("SELECT shard FROM embedding_shards WHERE encoder = ?", [encoder])}
@@ -150,7 +153,33 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
         rep.add("thumbnails", "warning", f"{len(orphan_thumbs)} thumbnail(s) of unknown samples", repaired=repair)
     else:
         rep.add("thumbnails", "ok", "no orphan thumbnails")
+
+    # ------------------------------------------------------------------ leftovers of killed processes
+    _check_leftovers(cat, rep, repair)
     return rep
+
+
+def _check_leftovers(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
+    """Temporary files of atomic writes and partial exports whose writer died (a live writer's are left alone)."""
+    import shutil
+    import time
+
+    from engine.export import stale_partial_exports
+
+    leftovers: list[Path] = list(stale_partial_exports(cat.project.exports_dir))
+    cutoff = time.time() - 3600  # a temp file older than an hour has no writer left (writes take seconds)
+    for folder in (cat.project.indexes_dir, cat.project.thumbnails_dir):
+        if folder.exists():
+            leftovers += [f for f in folder.rglob(".*.tmp") if f.is_file() and f.stat().st_mtime < cutoff]
+    if leftovers:
+        if repair:
+            for f in leftovers:
+                shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+        ex = ", ".join(str(f.relative_to(cat.root)) for f in leftovers[:3])
+        rep.add("leftovers", "warning", f"{len(leftovers)} partial export folder(s) / temporary file(s) of killed "
+                f"processes (e.g. {ex})" + ("; removed" if repair else ""), repaired=repair)
+    else:
+        rep.add("leftovers", "ok", "no partial exports or temporary files")
 
 
 def _check_indexes(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
@@ -161,7 +190,19 @@ def _check_indexes(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
     if not root.exists():
         return
     encoders = {r[0] for r in cat.query("SELECT encoder FROM embedding_sets")}
+    from engine.embed import encoder_slug
+
+    slugs = {encoder_slug(e) for e in encoders}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in slugs and any(folder.iterdir()):
+            # built from an embedding set that was dropped since: nothing can use it
+            if repair:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            rep.add("indexes", "warning", f"{folder.name}/: orphan index folder (no embeddings of that encoder in "
+                    "the catalog)" + ("; removed" if repair else ""), repaired=repair)
+            continue
         for data_name, meta_name, reader in ((store.INDEX_FILE, store.INDEX_META, store.read_index_meta),
                                              (store.GRAPH_FILE, store.GRAPH_META, store.read_graph_meta)):
             data = folder / data_name

@@ -96,6 +96,7 @@ class EmbedReport:
     seconds: float = 0.0  # whole run, model loading included
     model_load_seconds: float = 0.0
     run_id: int | None = None
+    bad_shards: list[str] = field(default_factory=list)  # corrupt/missing shards dropped and recomputed
 
     @property
     def images_per_s(self) -> float:
@@ -116,6 +117,7 @@ class EmbedReport:
             "seconds": round(self.seconds, 3),
             "model_load_seconds": round(self.model_load_seconds, 3),
             "images_per_s": round(self.images_per_s, 2),
+            "bad_shards": list(self.bad_shards),
         }
 
 
@@ -210,6 +212,50 @@ def remove_orphan_shards(cat: Catalog, encoder: str, held_lock: bool = False) ->
     if removed:
         log.info("removed %d orphan shard file(s) from %s", len(removed), folder)
     return removed
+
+
+def shard_problem(folder: Path, shard: str, n: int, sha256: str) -> str | None:
+    """Why a recorded shard cannot be used (``"shard-000003.npy is missing"``, ``"... checksum mismatch"``), or
+    None when its file is intact."""
+    path, ids_path = folder / f"{shard}.npy", folder / f"{shard}.ids.npy"
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if _sha256_file(path) != sha256:
+        return f"{path.name} is corrupt (checksum mismatch)"
+    try:
+        ids = np.load(ids_path, allow_pickle=False)
+    except Exception:
+        return f"{ids_path.name} is missing or unreadable"
+    if ids.shape != (int(n),):
+        return f"{ids_path.name} holds {ids.shape} ids, expected {int(n)}"
+    return None
+
+
+def drop_bad_shards(cat: Catalog, encoder: str, held_lock: bool = False) -> list[str]:
+    """Forget the recorded shards of ``encoder`` whose files are missing or fail their SHA-256 (catalog rows
+    first, in one transaction, then the files), so the next embed run recomputes exactly those samples.
+
+    Returns one line per dropped shard saying what was wrong with it.
+    """
+    if not held_lock:
+        with encoder_lock(cat, encoder):
+            return drop_bad_shards(cat, encoder, held_lock=True)
+    folder = embeddings_dir(cat, encoder)
+    bad = {}
+    for shard, n, sha in _recorded_shards(cat, encoder).itertuples(index=False):
+        problem = shard_problem(folder, shard, n, sha)
+        if problem:
+            bad[shard] = problem
+    if not bad:
+        return []
+    with cat.transaction() as con:
+        con.execute("DELETE FROM embedded WHERE encoder = ? AND shard IN (SELECT unnest(?))", [encoder, list(bad)])
+        con.execute("DELETE FROM embedding_shards WHERE encoder = ? AND shard IN (SELECT unnest(?))", [encoder, list(bad)])
+    for shard in bad:
+        for name in (f"{shard}.npy", f"{shard}.ids.npy"):
+            (folder / name).unlink(missing_ok=True)
+    log.warning("dropped %d bad shard(s) of %s: %s", len(bad), encoder, "; ".join(bad.values()))
+    return [f"{folder / shard}: {problem}" for shard, problem in bad.items()]
 
 
 def write_shard(
@@ -343,6 +389,16 @@ def _resolve_stored_encoder(cat: Catalog, encoder: str | None) -> str:
                       f"run `curate embed --encoder {encoder}` to compute them")
 
 
+def _recompute_hint(name: str) -> str:
+    """How to get an encoder's vectors back, for error messages (imports the encoders, i.e. torch: errors only)."""
+    from engine.encoders import is_builtin_name
+
+    if not is_builtin_name(name):
+        return f"import them again with `curate import-embeddings FILE --encoder {name}`"
+    return (f"run `curate embed --encoder {name}` to recompute the bad shard's vectors "
+            f"(`curate embed --encoder {name} --rebuild` recomputes every vector)")
+
+
 def load_embeddings(cat: Catalog, encoder: str | None = None, verify: bool = True) -> EmbeddingSet:
     """Load an encoder's vectors for every sample that has one.
 
@@ -372,26 +428,25 @@ def load_embeddings(cat: Catalog, encoder: str | None = None, verify: bool = Tru
     folder = embeddings_dir(cat, name)
     ids = rows["sample_id"].to_numpy(np.int64)
     out = np.empty((len(rows), dim), dtype=np.float32)
-    fix = f"run `curate embed --encoder {name} --rebuild` to recompute them"
     for shard, group in rows.groupby("shard", sort=True):
         path = folder / f"{shard}.npy"
         if shard not in shards.index:
-            raise CurateError(f"catalog rows point to unrecorded shard {path}; {fix}")
+            raise CurateError(f"catalog rows point to unrecorded shard {path}; {_recompute_hint(name)}")
         if not path.is_file():
-            raise CurateError(f"embedding shard {path} is missing; {fix}")
+            raise CurateError(f"embedding shard {path} is missing; {_recompute_hint(name)}")
         if verify and _sha256_file(path) != shards.loc[shard, "sha256"]:
-            raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {fix}")
+            raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {_recompute_hint(name)}")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             shard_ids = np.load(folder / f"{shard}.ids.npy", allow_pickle=False)
         except Exception as exc:
-            raise CurateError(f"cannot read embedding shard {path} ({str(exc).splitlines()[0][:120]}); {fix}") from exc
+            raise CurateError(f"cannot read embedding shard {path} ({str(exc).splitlines()[0][:120]}); {_recompute_hint(name)}") from exc
         if arr.ndim != 2 or arr.shape != (int(shards.loc[shard, "n"]), dim) or shard_ids.shape != (arr.shape[0],):
             raise CurateError(f"embedding shard {path} has shape {arr.shape}, expected "
-                              f"({int(shards.loc[shard, 'n'])}, {dim}); {fix}")
+                              f"({int(shards.loc[shard, 'n'])}, {dim}); {_recompute_hint(name)}")
         r = group["row"].to_numpy(np.int64)
         if not np.array_equal(shard_ids[r], group["sample_id"].to_numpy(np.int64)):
-            raise CurateError(f"embedding shard ids {folder / (shard + '.ids.npy')} disagree with the catalog; {fix}")
+            raise CurateError(f"embedding shard ids {folder / (shard + '.ids.npy')} disagree with the catalog; {_recompute_hint(name)}")
         pos = np.searchsorted(ids, group["sample_id"].to_numpy(np.int64))
         out[pos] = arr[r]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -405,18 +460,11 @@ def is_jpeg(data: bytes | memoryview) -> bool:
 
 
 def load_rgb(path: str | os.PathLike):
-    """Open an image as RGB (EXIF orientation applied, alpha composited on white); raises on bad files."""
-    from PIL import Image, ImageOps
+    """Open an image as RGB (EXIF orientation applied, alpha composited on white, 16-bit scaled); raises on bad
+    files.  See :func:`engine.images.open_rgb`."""
+    from engine.images import open_rgb
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                return Image.alpha_composite(bg, im).convert("RGB")
-            return im.convert("RGB")
+    return open_rgb(path)
 
 
 def _reason(exc: BaseException) -> str:
@@ -608,6 +656,11 @@ def embed_project(
         if rebuild:
             drop_embeddings(cat, name, held_lock=True)
         remove_orphan_shards(cat, name, held_lock=True)
+        # a truncated or bit-rotten shard is never used: its samples are embedded again below
+        report.bad_shards = drop_bad_shards(cat, name, held_lock=True)
+        if report.bad_shards and progress:
+            for line in report.bad_shards:
+                print(f"recomputing the vectors of a bad shard: {line}", file=sys.stderr)
         items, report.already_embedded, report.skipped_quarantined = _todo(cat, name)
         if not items:
             if progress:

@@ -22,6 +22,11 @@ Everything is written inside one output folder, by default ``<project>/exports/<
 
 Class and split names become folder names only through :func:`safe_name`, and every path is checked to
 stay inside the output folder, so a label such as ``../../etc`` cannot write outside it.
+
+An export is all or nothing: it is written into a hidden sibling folder ``.<name>.partial-<pid>`` and renamed
+to the chosen folder only when complete, so a killed export never leaves a half-written folder under the
+chosen name (rerun the same command; the leftover partial folder of a dead process is removed then, or by
+``curate doctor --repair``).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, code_version, utcnow
+from engine.catalog import Catalog, CurateError, code_version, fault_pause, utcnow
 
 MANIFEST_FORMATS = ("csv", "parquet")
 FORMATS = MANIFEST_FORMATS + ("imagefolder",)
@@ -50,6 +55,8 @@ CHANGES_COLUMNS = ["sample_id", "path", "change", "given_label", "new_label", "a
                    "decided_by", "decided_at"]
 QUEUE_COLUMNS = ["batch_id", "rank", "sample_id", "path", "strategy", "score", "reason", "label"]
 _MAX_NAME = 120
+PARTIAL_MARK = ".partial-"
+
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
 
@@ -243,13 +250,57 @@ def default_out_dir(cat: Catalog) -> Path:
 
 
 def _prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The resolved output folder, checked to be new or empty (it is not created here)."""
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise CurateError(f"export folder {out} exists and is not a folder; pass another --out")
     if out.exists() and any(out.iterdir()):
         raise CurateError(f"export folder {out} is not empty; pass a new or empty --out folder")
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_partial_exports(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Hidden ``.<name>.partial-<pid>`` folders in ``folder`` left by export processes that no longer run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.glob(f".{name if name is not None else '*'}{PARTIAL_MARK}*")):
+        pid = p.name.rsplit(PARTIAL_MARK, 1)[-1]
+        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            out.append(p)
+    return out
+
+
+def _start_partial(out: Path) -> Path:
+    """Create the hidden work folder next to ``out`` (removing dead exports' leftovers for the same name)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in stale_partial_exports(out.parent, out.name):
+        shutil.rmtree(old, ignore_errors=True)
+    work = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return work
+
+
+def _finish_partial(work: Path, out: Path) -> None:
+    """Move the completed export into place (one rename; an empty ``out`` made by the user is replaced)."""
+    if out.exists():
+        if any(out.iterdir()):
+            raise CurateError(f"export folder {out} was filled by something else during the export; "
+                              f"the export is in {work}")
+        out.rmdir()
+    os.rename(work, out)
 
 
 def write_imagefolder(manifest: pd.DataFrame, root: Path, link: str = "symlink", out_dir: Path | None = None) -> tuple[int, int, int]:
@@ -349,19 +400,33 @@ def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, forma
         raise CurateError(f"unknown export format {bad[0]!r}; use one or more of {', '.join(FORMATS)}")
     if link not in LINK_MODES:
         raise CurateError(f"unknown link mode {link!r}; use one of {', '.join(LINK_MODES)}")
-    out = _prepare_out_dir(out_dir or default_out_dir(cat))
+    final = _prepare_out_dir(out_dir or default_out_dir(cat))
     samples, labels, decisions, duplicates = load_inputs(cat)
     manifest, changes = apply_decisions(samples, labels, decisions, duplicates)
-    res = ExportResult(out_dir=out, n_samples=len(samples), n_exported=len(manifest),
+    res = ExportResult(out_dir=final, n_samples=len(samples), n_exported=len(manifest),
                        n_removed=int((changes["change"] == "removed").sum()),
                        n_relabelled=int((changes["change"] == "relabelled").sum()),
                        n_labelled=int((changes["change"] == "labelled").sum()))
+    out = _start_partial(final)
+    try:
+        res.out_dir = out  # while writing; export.json names the final folder
+        _write_export(cat, out, final, res, manifest, changes, formats, link, queue, url_prefix)
+        _finish_partial(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    res.out_dir, res.files = final, [final / p.relative_to(out) for p in res.files]
+    return res
 
+
+def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manifest: pd.DataFrame, changes: pd.DataFrame,
+                  formats: list[str], link: str, queue: bool, url_prefix: str | None) -> None:
     manifest_formats = [f for f in formats if f in MANIFEST_FORMATS] or ["csv"]
     for fmt in dict.fromkeys(manifest_formats):
         p = _inside(out, out / f"manifest.{fmt}")
         manifest.to_csv(p, index=False) if fmt == "csv" else manifest.to_parquet(p, index=False)
         res.files.append(p)
+    fault_pause("CURATE_TEST_EXPORT_PAUSE", f"{out} half written")  # fault tests kill an export here
     changes.to_csv(out / "changes.csv", index=False)
     _records_json(changes, out / "changes.json")
     res.files += [out / "changes.csv", out / "changes.json"]
@@ -377,8 +442,7 @@ def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, forma
             res.n_queue = len(q)
             res.files += export_queue(cat, out, url_prefix=url_prefix, queue=q)
 
-    info = {**res.summary(), "formats": formats, "link": link, "created_at": utcnow().isoformat(),
+    info = {**res.summary(), "out_dir": str(final), "formats": formats, "link": link, "created_at": utcnow().isoformat(),
             "code_version": code_version(), "project": str(cat.root)}
     (out / "export.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     res.files.append(out / "export.json")
-    return res

@@ -20,13 +20,14 @@ from typing import Iterable
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from engine import images
 from engine.catalog import Catalog, CurateError, utcnow
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev"}
 MANIFEST_EXTENSIONS = {".csv", ".parquet", ".pq"}
-# Decompression-bomb guard: images above this many pixels are quarantined rather than decoded.
-MAX_PIXELS = int(os.environ.get("CURATE_MAX_PIXELS", 178_956_970))
+# Decompression-bomb guard (CURATE_MAX_PIXELS): images above this many pixels are quarantined rather than decoded.
+MAX_PIXELS = images.MAX_PIXELS
 CHUNK = int(os.environ.get("CURATE_INGEST_CHUNK", 2000))
 # test hook: seconds to sleep after each committed chunk (lets fault tests kill a run between chunks)
 _CHUNK_PAUSE = float(os.environ.get("CURATE_TEST_INGEST_PAUSE", 0))
@@ -88,6 +89,9 @@ class IngestReport:
             out(f"  skipped {problem}")
         for path, reason in self.quarantined:
             out(f"  quarantined {path}: {reason}")
+        if self.quarantined:
+            out("  quarantined files are left out of every analysis; fix or replace them and run `curate ingest` "
+                "again (they are retried), see them with `curate status`")
 
 
 # ----------------------------------------------------------------------------------------------- layout discovery
@@ -95,10 +99,24 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _walk_files(root: Path) -> list[Path]:
-    """All regular files under root, sorted; symlinked folders are not followed (no loops)."""
+def _walk_files(root: Path, skipped: list[str] | None = None) -> list[Path]:
+    """All regular files under root, sorted.  Symlinked folders are followed once: a link back to a folder already
+    walked (a symlink loop, or a second link to the same folder) is skipped and noted in ``skipped``."""
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: walk nothing twice
+            if skipped is not None:
+                skipped.append(f"{_display_path(Path(dirpath))}: symlink loop or second link to "
+                               f"{_display_path(Path(os.path.realpath(dirpath)))}; skipped (its files are ingested once)")
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
@@ -120,10 +138,10 @@ def detect_kind(source: Path) -> str:
     return "unlabeled"
 
 
-def discover_imagefolder(root: Path, split: str | None = None) -> list[Candidate]:
+def discover_imagefolder(root: Path, split: str | None = None, skipped: list[str] | None = None) -> list[Candidate]:
     """root/<class>/<img> or root/<split>/<class>/<img>; images directly under a split folder are unlabeled."""
     out: list[Candidate] = []
-    for f in _walk_files(root):
+    for f in _walk_files(root, skipped):
         rel = f.relative_to(root).parts
         if len(rel) < 2:
             continue  # a stray file at the root of an ImageFolder has no class
@@ -137,8 +155,8 @@ def discover_imagefolder(root: Path, split: str | None = None) -> list[Candidate
     return out
 
 
-def discover_unlabeled(root: Path, split: str | None = None) -> list[Candidate]:
-    return [Candidate(f, label=None, split=split) for f in _walk_files(root)]
+def discover_unlabeled(root: Path, split: str | None = None, skipped: list[str] | None = None) -> list[Candidate]:
+    return [Candidate(f, label=None, split=split) for f in _walk_files(root, skipped)]
 
 
 def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate], list[str]]:
@@ -148,8 +166,14 @@ def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate]
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
         else:
             df = pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise CurateError(f"cannot read manifest {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8 CSV") from exc
     except Exception as exc:
-        raise CurateError(f"cannot read manifest {path}: {str(exc).splitlines()[0]}") from exc
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fix = ("; put double quotes around values that contain commas, e.g. \"cat, tabby\""
+               if "tokenizing" in msg or "fields" in msg else "; check that it is a CSV or Parquet file with a header row")
+        raise CurateError(f"cannot read manifest {path}: {msg}{fix}") from exc
     cols = {c.lower().strip(): c for c in df.columns}
     if "path" not in cols:
         raise CurateError(
@@ -197,6 +221,11 @@ def inspect_file(path: Path) -> FileInfo:
     """Hash and fully decode one file; any failure becomes ``error`` (a one-line reason)."""
     display = _display_path(path)
     info = FileInfo(path=display)
+    if display != os.path.abspath(os.fspath(path)):
+        # the catalog stores text: a name that is not UTF-8 could not be found again from its stored path
+        info.error = ("file name is not valid UTF-8; rename the file to a UTF-8 name "
+                      "(e.g. `convmv -f latin1 -t utf8 --notest`) and ingest again")
+        return info
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -211,17 +240,19 @@ def inspect_file(path: Path) -> FileInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                info.width, info.height = im.size
+                info.width, info.height = images.upright_size(im)  # as displayed (EXIF rotation applied)
                 info.format = im.format
                 info.mode = im.mode
                 if im.size[0] * im.size[1] > MAX_PIXELS:
-                    info.error = f"image too large ({im.size[0]}x{im.size[1]} px > {MAX_PIXELS} px decompression-bomb limit)"
+                    info.error = (f"image too large ({im.size[0]}x{im.size[1]} px > {MAX_PIXELS} px decompression-bomb "
+                                  "limit); if it is genuine, raise CURATE_MAX_PIXELS and ingest again")
                     return info
                 im.load()
     except UnidentifiedImageError:
         info.error = "not an image (unrecognised format)"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        info.error = f"image too large (decompression-bomb guard: {str(exc).splitlines()[0][:120]})"
+        info.error = (f"image too large (decompression-bomb guard: {str(exc).splitlines()[0][:120]}); "
+                      "if it is genuine, raise CURATE_MAX_PIXELS and ingest again")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         info.error = f"corrupt or truncated image ({msg[:160]})"
@@ -274,11 +305,11 @@ def ingest(
     if kind == "imagefolder":
         if not src.is_dir():
             raise CurateError(f"{src} is not a folder; --kind imagefolder needs root/<class>/<image> folders")
-        cands = discover_imagefolder(src, split)
+        cands = discover_imagefolder(src, split, problems)
     elif kind == "unlabeled":
         if not src.is_dir():
             raise CurateError(f"{src} is not a folder; --kind unlabeled needs a folder of images")
-        cands = discover_unlabeled(src, split)
+        cands = discover_unlabeled(src, split, problems)
     elif kind == "manifest":
         cands, problems = read_manifest(src, split)
     else:

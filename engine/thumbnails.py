@@ -41,21 +41,15 @@ def make_thumbnail(source: str | os.PathLike, dest: str | os.PathLike, size: int
     dest : output ``.jpg`` path; its folder is created when missing.
     size : longest side of the thumbnail in pixels (the aspect ratio is kept, never upscaled).
     """
-    from PIL import Image, ImageOps
+    from engine.images import open_rgb
 
     try:
-        with Image.open(source) as im:
-            im.draft("RGB", (size, size))  # JPEG sources decode at reduced scale: much faster on large photos
-            im = ImageOps.exif_transpose(im)
-            im.thumbnail((size, size))
-            if im.mode not in ("RGB", "L"):
-                im = im.convert("RGBA") if "A" in im.getbands() or im.mode == "P" else im.convert("RGB")
-                if im.mode == "RGBA":  # flatten transparency onto white: JPEG has no alpha
-                    bg = Image.new("RGB", im.size, (255, 255, 255))
-                    bg.paste(im, mask=im.getchannel("A"))
-                    im = bg
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=JPEG_QUALITY)
+        # JPEG sources decode at reduced scale (much faster on large photos); EXIF rotation applied, any mode
+        # (16-bit, CMYK, palette, alpha) to 8-bit RGB on white
+        im = open_rgb(source, draft=size)
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=JPEG_QUALITY)
     except Exception:  # missing, truncated, corrupt or unsupported files: the caller shows a placeholder
         return False
     dest = Path(dest)

@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engine.catalog import fault_pause
+
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 INDEX_META = "index.json"
@@ -236,6 +238,7 @@ def save_index(directory: str | os.PathLike, index: Any, meta: IndexMeta) -> Ind
     with contextlib.suppress(OSError):
         (directory / INDEX_META).unlink()
     meta.sha256 = _write_atomic(directory / INDEX_FILE, lambda tmp: faiss.write_index(index, tmp))
+    fault_pause("CURATE_TEST_INDEX_PAUSE", f"{directory / INDEX_FILE} written, metadata not yet")
     meta.faiss_version = faiss.__version__
     _write_json_atomic(directory / INDEX_META, asdict(meta))
     return meta
@@ -292,6 +295,7 @@ def save_graph(directory: str | os.PathLike, indices: np.ndarray, similarities: 
                      sample_ids=np.asarray(sample_ids, np.int64))
 
     meta.sha256 = _write_atomic(directory / GRAPH_FILE, write)
+    fault_pause("CURATE_TEST_GRAPH_PAUSE", f"{directory / GRAPH_FILE} written, metadata not yet")
     _write_json_atomic(directory / GRAPH_META, asdict(meta))
     return meta
 

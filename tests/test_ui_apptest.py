@@ -309,3 +309,47 @@ def test_export_page_writes_the_cleaned_dataset(proj):
     m = pd.read_csv(out / "manifest.csv")
     assert proj.flagged[1] not in set(m["sample_id"]) and len(m) == 25
     assert (out / "label_studio.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------- input safety
+HOSTILE = ["x'); DROP TABLE samples; --", "' OR '1'='1", "\"; DELETE FROM decisions; --", "%_\\'", "Robert'); --"]
+
+
+def test_sql_injection_strings_in_search_filter_and_relabel_fields_are_data(proj):
+    cat = proj.cat
+    n_samples, a = cat.counts()["samples"], proj.flagged[0]
+    # relabel through the 'new label' text box: the hostile text becomes a label, verbatim
+    at = open_page("label_issues")
+    at.selectbox(key=f"li-relabel-{a}").set_value(NEW_LABEL).run()
+    at.text_input(key=f"li-relabel-{a}-new").input(HOSTILE[0]).run()
+    assert not at.exception
+    assert labels(cat)[a] == HOSTILE[0] and HOSTILE[0] in cat.class_names()
+    for text in HOSTILE:
+        at.text_input(key="li-search").input(text).run()  # path search on the label issues page
+        assert not at.exception and any("Nothing to show" in i.value for i in at.info), text
+    at = open_page("search")
+    for text in HOSTILE + ["1 OR 1=1"]:
+        at.text_input(key="srch-text").input(text).run()
+        assert not at.exception, text
+        assert f"#{a}**" not in markdown(at)  # matched nothing: the text was a literal, not SQL
+    at.text_input(key="srch-text").input("cat_dup").run()
+    assert f"#{proj.exact_set[1]}**" in markdown(at)  # and the same field still finds real paths
+    assert cat.counts()["samples"] == n_samples and cat.scalar("SELECT count(*) FROM decisions") == 1
+    at = open_page("decisions")  # the hostile label renders as text in the history
+    assert not at.exception
+
+
+def test_app_read_functions_bind_hostile_filters(proj):
+    from app import data
+
+    root, cat = str(proj.cat.root), proj.cat
+    rev = data.revision(root)
+    for text in HOSTILE:
+        assert data.find_samples(root, rev, text)[0] == 0
+        assert data.label_issues_page(root, rev, given=(text,), suggested=(text,), search=text)[0] == 0
+        assert data.decisions_page(root, rev, actions=(text,))[0] == 0
+        assert data.image_issues_page(root, rev, issues=(text,))[0] == 0
+        assert data.duplicate_sets_page(root, rev, kinds=(text,))[0] == 0
+    assert data.find_samples(root, rev, "%")[0] == 0  # LIKE wildcards are literal too
+    assert data.find_samples(root, rev, "_")[0] == len([p for p in cat.samples()["path"] if "_" in p])
+    assert cat.counts()["samples"] == 26 and len(cat.decisions()) == 0

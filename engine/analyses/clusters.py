@@ -730,13 +730,10 @@ def _load_images_for(cat: Catalog, encoder: Any, sample_ids: np.ndarray) -> Call
         if loader is not None:
             return loader(files)
         import torch
-        from PIL import Image
 
-        ims = []
-        for f in files:
-            with Image.open(f) as im:
-                ims.append(encoder.transform(im.convert("RGB")))
-        return torch.stack(ims)
+        from engine.images import open_rgb
+
+        return torch.stack([encoder.transform(open_rgb(f)) for f in files])
 
     if loader is None and not hasattr(encoder, "transform"):
         return None

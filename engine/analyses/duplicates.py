@@ -332,15 +332,14 @@ def file_perceptual_hashes(paths: Sequence[str], workers: int | None = None) -> 
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
+    from engine.images import open_rgb
 
     def one(p: str):
         try:
-            with Image.open(p) as im:
-                # JPEG: decode at reduced scale but still >= 256 px, so the 32x32 Lanczos hash input is the
-                # same as from a full decode (a 1/8-scale draft changes the hash of small files by a few bits)
-                im.draft("RGB", (256, 256))
-                return perceptual_hash(im)
+            # JPEG: decode at reduced scale but still >= 256 px, so the 32x32 Lanczos hash input is the same as
+            # from a full decode (a 1/8-scale draft changes the hash of small files by a few bits); upright, so an
+            # EXIF-rotated copy hashes like the upright original it displays as
+            return perceptual_hash(open_rgb(p, draft=256))
         except Exception:  # unreadable now: no hash evidence for this sample
             return None
 

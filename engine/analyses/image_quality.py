@@ -181,11 +181,15 @@ def image_statistics(image: Image.Image | np.ndarray, size: tuple[int, int] | No
 
 def file_statistics(path: str | os.PathLike, max_side: int = WORK_SIZE) -> dict[str, Any]:
     """:func:`image_statistics` of an image file, decoding JPEGs at reduced size."""
+    from PIL import ImageOps
+
+    from engine.images import upright_size
+
     with Image.open(path) as im:
-        size = im.size
+        size = upright_size(im)  # as displayed: a portrait photo stored sideways with an EXIF rotation is portrait
         im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2..1/8 scale; other formats ignore it
         im.load()
-        return image_statistics(im, size=size, max_side=max_side)
+        return image_statistics(ImageOps.exif_transpose(im), size=size, max_side=max_side)
 
 
 def compute_statistics(paths: Iterable[str], workers: int | None = None, max_side: int = WORK_SIZE,
