@@ -28,7 +28,7 @@ least-squares fit ``seconds ~ N^b``.
 
 Usage::
 
-    nice -n 10 python bench/scale.py                 # N = 10k, 100k, 1M, 10M (about 30 min on 2 cores)
+    nice -n 10 python bench/scale.py                 # N = 10k .. 10M, Ray up to 1M (~40 min on 2 cores)
     python bench/scale.py --quick                    # N = 10k, 100k (~3 min)
     python bench/scale.py --sizes 10000,1000000 --ray-max-n 1000000
 
@@ -151,10 +151,14 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int) -> d
         else:
             shards = ShardedEmbeddings.open(cat, enc, verify=False)
             if name == "index":
+                # auto, except nlist ~ sqrt(N) instead of 4 sqrt(N): training cost grows with nlist^2 on 2 cores
+                fac = sharded.sharded_factory(n, shards.dim)
+                if fac.startswith("IVF"):
+                    fac = f"IVF{sharded.ivf_nlist(n, 1.0)},Flat"
                 if use_ray:
-                    ix = sharded.RayShardedIndex.build(shards, "auto", workers=workers)
+                    ix = sharded.RayShardedIndex.build(shards, fac, workers=workers)
                 else:
-                    ix = sharded.build_sharded_index(shards, "auto")
+                    ix = sharded.build_sharded_index(shards, fac)
                 build = time.perf_counter() - t0
                 recall = sharded.tune_sharded(ix, shards, 10, 0.95, 1000)
                 out.update(factory=ix.factory, search_params=ix.search_params, recall=round(recall, 4),
@@ -322,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N = 10k, 100k")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 10000,100000,1000000,10000000)")
-    ap.add_argument("--ray-max-n", type=int, default=10_000_000, help="largest N also run on Ray")
+    ap.add_argument("--ray-max-n", type=int, default=1_000_000, help="largest N also run on Ray")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in the JSON")
     ap.add_argument("--ray-workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=1800.0, help="per-stage time limit in seconds")
@@ -367,6 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
 
+    stem = "scale_quick" if args.quick else "scale"
+    if args.merge and (RESULTS / f"{stem}.json").exists():
+        old = json.loads((RESULTS / f"{stem}.json").read_text())
+        rows = [r for r in old["results"] if r["n"] not in sizes] + rows
+        rows.sort(key=lambda r: (r["n"], STAGES.index(r["stage"]), r["mode"]))
+        checks = {**{int(k): v for k, v in old.get("local_vs_ray_outputs", {}).items() if int(k) not in sizes},
+                  **checks}
+        setup = {**{int(k): v for k, v in old.get("catalog_setup_seconds", {}).items() if int(k) not in sizes},
+                 **setup}
+        sizes = sorted({r["n"] for r in rows})
     exponents: dict[str, float | None] = {}
     ratios: dict[str, dict] = {}
     for st in STAGES:
@@ -383,7 +398,6 @@ def main(argv: list[str] | None = None) -> int:
     print("ray / local time:", json.dumps(ratios))
     print("local vs ray outputs:", json.dumps(checks))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "scale_quick" if args.quick else "scale"
     png = RESULTS / f"{stem}.png"
     note = plot(rows, png)
     result = {"benchmark": "scale", "config": {k: v for k, v in vars(args).items()

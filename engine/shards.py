@@ -91,6 +91,12 @@ class ShardedEmbeddings:
 
     def __post_init__(self) -> None:
         self._offsets = np.concatenate([[0], np.cumsum([s.n for s in self.shards], dtype=np.int64)]).astype(np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:  # memory maps are reopened by whoever unpickles (a Ray worker)
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -165,7 +171,9 @@ class ShardedEmbeddings:
         return ids if s.rows is None else ids[s.rows]
 
     def _mmap(self, i: int) -> np.ndarray:
-        return np.load(self.shards[i].path, mmap_mode="r", allow_pickle=False)
+        if i not in self._maps:
+            self._maps[i] = np.load(self.shards[i].path, mmap_mode="r", allow_pickle=False)
+        return self._maps[i]
 
     def shard_vectors(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float32 unit rows ``start:stop`` of shard ``i``'s live rows."""
