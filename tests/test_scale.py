@@ -51,13 +51,11 @@ def _catalog_records(cat, encoder):
 
 
 # ------------------------------------------------------------------------------------------------ embedding
-def test_ray_embed_equals_local_and_resumes(tmp_path, ray_local):
-    """Same files, same model: Ray actors and the local pipeline store byte-identical shards and catalog rows,
-    quarantine the same broken file, and a rerun (via the CLI's --ray) embeds only the new samples."""
+def test_ray_embed_equals_local(tmp_path, ray_local):
+    """Same files, same model: Ray actors and the local pipeline store byte-identical shards and catalog rows and
+    quarantine the same broken file."""
     import torch
-    from typer.testing import CliRunner
 
-    from engine.cli import app
     from engine.distributed.embed import embed_project_ray
     from engine.embed import embed_project
 
@@ -67,11 +65,15 @@ def test_ray_embed_equals_local_and_resumes(tmp_path, ray_local):
         paths[3].write_bytes(paths[3].read_bytes()[:60])  # broken after ingest: quarantined at embed time
         cats[name] = (cat, data)
     enc = "effnet-lite0:64"
-    threads = torch.get_num_threads()  # same intra-op threads as the local run: bit-identical float sums
-    embed_project(cats["local"][0], encoder=enc, device="cpu", batch_size=2, workers=0, shard_size=4)
+    # a 1-CPU Ray actor runs torch with one thread; so does the local run here: bit-identical float sums
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embed_project(cats["local"][0], encoder=enc, device="cpu", batch_size=2, workers=0, shard_size=4)
+    finally:
+        torch.set_num_threads(threads)
     rep = EmbedReport(encoder="")
-    embed_project_ray(cats["ray"][0], encoder=enc, workers=1, batch_size=2, shard_size=4, report=rep,
-                      threads_per_worker=threads)
+    embed_project_ray(cats["ray"][0], encoder=enc, workers=1, batch_size=2, shard_size=4, report=rep)
     assert rep.embedded == 9 and rep.shards == 3 and len(rep.quarantined) == 1 and rep.device.startswith("ray:1")
 
     a, b = load_embeddings(cats["local"][0]), load_embeddings(cats["ray"][0])
@@ -79,27 +81,21 @@ def test_ray_embed_equals_local_and_resumes(tmp_path, ray_local):
     assert _catalog_records(cats["local"][0], enc) == _catalog_records(cats["ray"][0], enc)
     q = "SELECT replace(path, ?, ''), reason, stage FROM quarantine"
     assert cats["local"][0].query(q, [str(cats["local"][1])]) == cats["ray"][0].query(q, [str(cats["ray"][1])])
-
-    # resume: 3 new images; local rerun vs `curate embed --ray` rerun (uses the session's Ray instance)
-    from engine.ingest import ingest
-
-    for name in ("local", "ray"):
-        write_images(cats[name][1], 3, seed=7, start=10)
-        ingest(cats[name][0], cats[name][1])
-    # Ray gives a 1-CPU actor one thread; the local rerun does the same for bit-identical sums
-    torch.set_num_threads(1)
-    try:
-        embed_project(cats["local"][0], encoder=enc, device="cpu", batch_size=2, workers=0, shard_size=4)
-    finally:
-        torch.set_num_threads(threads)
-    res = CliRunner().invoke(app, ["embed", "-p", str(cats["ray"][0].root), "--encoder", enc, "--ray",
-                                   "--workers", "1", "--batch-size", "2"], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    assert "3 embedded" in res.output and "9 already had vectors" in res.output
     run = cats["ray"][0].last_run("embed")
-    assert run["params"]["ray"] == "default" and run["summary"]["embedded"] == 3
-    a, b = load_embeddings(cats["local"][0]), load_embeddings(cats["ray"][0])
-    assert len(a) == 12 and np.array_equal(a.vectors, b.vectors)
+    assert run["params"]["ray"] == "default" and run["summary"]["embedded"] == 9
+
+
+def test_cli_embed_ray_option(tmp_path):
+    """`--ray` takes an optional address and routes to the Ray pipeline (whose batch-size check answers first)."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    cat, _, _ = make_project(tmp_path, 2)
+    for extra in (["--ray"], ["--ray", "local"], ["--ray", "--workers", "1"], ["--workers", "1", "--ray"]):
+        res = CliRunner().invoke(app, ["embed", "-p", str(cat.root), "--batch-size", "3", *extra])
+        assert res.exit_code != 0 and "not a multiple of the batch size 3" in str(res.exception), (extra, res.output)
+    assert cat.scalar("SELECT count(*) FROM runs") == 1  # the ingest run only: nothing started
 
 
 def test_open_image_reads_fsspec_urls(tmp_path):
@@ -108,7 +104,7 @@ def test_open_image_reads_fsspec_urls(tmp_path):
     assert local.size == url.size and local.tobytes() == url.tobytes()
 
 
-def test_synthetic_embed_on_ray_equals_local(tmp_path, ray_local):
+def test_synthetic_embed_on_ray_equals_local_and_resumes(tmp_path, ray_local):
     cats = []
     for name, use_ray in (("a", False), ("b", True)):
         cat = init_project(tmp_path / name)
@@ -116,8 +112,13 @@ def test_synthetic_embed_on_ray_equals_local(tmp_path, ray_local):
         rep = EmbedReport(encoder="")
         embed_synthetic(cat, CFG, use_ray=use_ray, workers=2, batch_size=250, shard_size=1000, report=rep)
         assert rep.embedded == 3000 and rep.shards == 3
+        add_synthetic_samples(cat, 700)  # resume: only the new samples are embedded, into new shards
+        rep = EmbedReport(encoder="")
+        embed_synthetic(cat, CFG, use_ray=use_ray, workers=2, batch_size=250, shard_size=1000, report=rep)
+        assert (rep.embedded, rep.already_embedded, rep.shards) == (700, 3000, 1)
         cats.append(cat)
     assert _catalog_records(cats[0], CFG.encoder_name) == _catalog_records(cats[1], CFG.encoder_name)
+    assert len(_catalog_records(cats[0], CFG.encoder_name)["embedded"]) == 3700
 
 
 # ------------------------------------------------------------------------------------------------ shards
@@ -180,8 +181,8 @@ def test_sharded_search_equals_in_memory_search(synthetic_project, ray_local):
     finally:
         remote.close()
 
-    pq1 = build_sharded_index(sh, "IVF16,PQ8", groups=1, seed=0)
-    pq3 = build_sharded_index(sh, "IVF16,PQ8", groups=3, seed=0)
+    pq1 = build_sharded_index(sh, "IVF16,PQ8x4", groups=1, seed=0)
+    pq3 = build_sharded_index(sh, "IVF16,PQ8x4", groups=3, seed=0)
     for ix in (pq1, pq3):
         ix.set_params("nprobe=4")
     (Dp1, Ip1), (Dp3, Ip3) = pq1.search(Q, 10), pq3.search(Q, 10)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -166,7 +167,13 @@ class EncodeImages:
         vectors = np.zeros((len(ids), self.enc.dim), np.float32)
         if tensors:
             vectors[ok] = self.enc.encode_images(torch.stack(tensors)).cpu().numpy()
-        return {"sample_id": ids, "path": np.asarray(paths, dtype=object), "vector": vectors, "error": errors}
+        # the embedding set's description travels with the results (first row only), so the driver never has
+        # to load the model itself
+        description = np.full(len(ids), "", dtype=object)
+        if len(ids):
+            description[0] = json.dumps(self.enc.describe(), default=str)
+        return {"sample_id": ids, "path": np.asarray(paths, dtype=object), "vector": vectors, "error": errors,
+                "description": description}
 
 
 class SyntheticVectors:
@@ -180,12 +187,6 @@ class SyntheticVectors:
 
         ids = np.asarray(batch["sample_id"], np.int64)
         return {"sample_id": ids, "vector": synthetic_vectors(ids, self.config)}
-
-
-def _describe_encoder(name: str) -> dict:
-    from engine.encoders import get_encoder
-
-    return get_encoder(name, device="cpu").describe()
 
 
 # ================================================================================================ driver
@@ -300,14 +301,14 @@ def embed_project_ray(cat: Catalog, encoder: str = "auto", address: str | None =
             hash_of = {p: h for _, p, h in items}
 
             def body(run_id: int) -> None:
-                t0 = time.perf_counter()
-                description = ray.get(ray.remote(num_cpus=0)(_describe_encoder).remote(name))
-                report.model_load_seconds = time.perf_counter() - t0
-                writer = ShardWriter(cat, name, description, shard_size, run_id, report, hash_of)
+                writer = ShardWriter(cat, name, {}, shard_size, run_id, report, hash_of)
                 dev = "cuda" if gpus else "cpu"
                 batches = _ray_batches(ray, frame, EncodeImages, (name, dev, threads_per_worker), shard_size, bs,
                                        n_actors, gpus, cpus)
                 for out in batches:
+                    if not writer.description:
+                        found = [d for d in out["description"] if d]
+                        writer.description = json.loads(found[0]) if found else {}
                     err = np.asarray(out["error"], dtype=object)
                     bad = err != ""
                     for path, reason in zip(np.asarray(out["path"])[bad], err[bad]):
