@@ -3,7 +3,6 @@ in-memory paths.  Real Ray (a local 2-CPU instance shared by the whole session),
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

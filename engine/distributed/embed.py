@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator
