@@ -322,6 +322,44 @@ def plot(rows: list[dict], path: Path) -> str | None:
     return None
 
 
+def markdown(result: dict) -> str:
+    """The results as a Markdown table (for docs/scale.md): one row per stage and N, local and Ray side by side."""
+    rows = result["results"]
+    lines = ["| stage | N | local s | local peak MB | Ray s | Ray driver / tree peak MB | Ray/local | f32 MB | "
+             "quality |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for st in STAGES:
+        for n in sorted({r["n"] for r in rows}):
+            loc = next((r for r in rows if r["stage"] == st and r["n"] == n and r["mode"] == "local"), None)
+            ray_ = next((r for r in rows if r["stage"] == st and r["n"] == n and r["mode"] == "ray"), None)
+            if loc is None:
+                continue
+            ok = loc["status"] == "ok"
+            rok = ray_ is not None and ray_["status"] == "ok"
+            q = ""
+            if ok:
+                if st == "embed":
+                    q = f"{loc['shards']} shards"
+                elif st in ("index", "knn"):
+                    q = f"recall@10 {loc['recall']:.3f} ({loc.get('factory', loc.get('method', ''))} " \
+                        f"{loc.get('search_params', '')})".replace(" )", ")")
+                elif st == "label_issues":
+                    q = f"precision {loc['precision']:.3f}, recall {loc['recall']:.3f} vs planted noise"
+                elif st == "dedup":
+                    q = f"{loc['pairs']:,} pairs, planted recall {loc['planted_recall']:.3f}"
+            ray_s = f"{ray_['seconds']}" if rok else "-"
+            ray_mb = f"{ray_['peak_mb']:.0f} / {ray_['tree_peak_mb']:.0f}" if rok else "-"
+            ratio = f"{ray_['seconds'] / max(loc['seconds'], 1e-3):.2f}" if rok and ok else "-"
+            loc_s = f"{loc['seconds']}" if ok else loc["status"]
+            loc_mb = f"{loc['peak_mb']:.0f}" if ok else "-"
+            lines.append(f"| {st} | {n:,} | {loc_s} | {loc_mb} | {ray_s} | {ray_mb} | {ratio} | "
+                         f"{n * 64 * 4 / 2**20:,.0f} | {q} |")
+    exps = result.get("time_exponents", {})
+    lines.append("")
+    lines.append("Time growth (least-squares fit seconds ~ N^b): " +
+                 ", ".join(f"{k} N^{v}" for k, v in exps.items() if v is not None) + ".")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N = 10k, 100k")
@@ -333,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800.0, help="per-stage time limit in seconds")
     ap.add_argument("--workdir", default=None, help="where the projects go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the projects")
+    ap.add_argument("--markdown", action="store_true", help="print the saved results as a Markdown table and exit")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="local", help=argparse.SUPPRESS)
     ap.add_argument("--project", default=None, help=argparse.SUPPRESS)
@@ -342,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(stage(args.worker, args.mode, args.project, args.n, args.k, args.ray_workers)))
         return 0
 
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / ("scale_quick.json" if args.quick else "scale.json")).read_text())))
+        return 0
     sizes = [10_000, 100_000] if args.quick else [int(s) for s in (args.sizes or ",".join(map(str, SIZES))).split(",")]
     rows: list[dict] = []
     checks: dict = {}
