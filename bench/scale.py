@@ -115,7 +115,7 @@ class TreeSampler:
 
 
 # ------------------------------------------------------------------------------------------- stages (worker side)
-def stage(name: str, mode: str, project: str, n: int, k: int, workers: int) -> dict:
+def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_recall: float = 0.95) -> dict:
     """Run one stage; returns its measurements (time excludes imports and Ray start-up)."""
     import faiss  # noqa: F401
 
@@ -167,7 +167,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int) -> d
                     ix.close()
             elif name == "knn":
                 g = sharded.sharded_knn_graph(shards, k, out_dir=Path(project) / "indexes" / f"knn-{mode}",
-                                              ray_workers=workers if use_ray else 0)
+                                              ray_workers=workers if use_ray else 0, target_recall=knn_recall)
                 out.update(method=g.method, recall=round(float(g.recall), 4))
             elif name == "label_issues":
                 ids = shards.sample_ids()
@@ -211,9 +211,10 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int) -> d
 
 
 # ------------------------------------------------------------------------------------------- driver
-def run_stage(name: str, mode: str, project: Path, n: int, k: int, workers: int, timeout: float) -> dict:
+def run_stage(name: str, mode: str, project: Path, n: int, k: int, workers: int, timeout: float,
+              knn_recall: float = 0.95) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--mode", mode, "--project",
-           str(project), "--n", str(n), "--k", str(k), "--ray-workers", str(workers)]
+           str(project), "--n", str(n), "--k", str(k), "--ray-workers", str(workers), "--knn-recall", str(knn_recall)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
@@ -242,7 +243,9 @@ def compare_runs(project: Path) -> dict:
     cat = open_project(project)
     out = {}
     q = "SELECT shard, n, sha256 FROM embedding_shards WHERE encoder = ? ORDER BY shard"
-    out["embed_shards_identical"] = cat.query(q, ["synthetic:64"]) == cat.query(q, ["synthetic:64-ray"])
+    ray_shards = cat.query(q, ["synthetic:64-ray"])
+    if ray_shards:
+        out["embed_shards_identical"] = cat.query(q, ["synthetic:64"]) == ray_shards
     a, b = project / "indexes" / "knn-local", project / "indexes" / "knn-ray"
     if (a / "knn_indices.npy").exists() and (b / "knn_indices.npy").exists():
         ia, ib = np.load(a / "knn_indices.npy", mmap_mode="r"), np.load(b / "knn_indices.npy", mmap_mode="r")
@@ -365,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="N = 10k, 100k")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 10000,100000,1000000,10000000)")
     ap.add_argument("--ray-max-n", type=int, default=1_000_000, help="largest N also run on Ray")
-    ap.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in the JSON")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows (N, stage, mode) not rerun now from the JSON already written")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages to run")
+    ap.add_argument("--reuse", action="store_true", help="reuse the projects in --workdir (skip catalog setup)")
+    ap.add_argument("--knn-recall", type=float, default=0.95, help="target recall@10 of the kNN graph")
     ap.add_argument("--ray-workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=1800.0, help="per-stage time limit in seconds")
@@ -378,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(stage(args.worker, args.mode, args.project, args.n, args.k, args.ray_workers)))
+        print(json.dumps(stage(args.worker, args.mode, args.project, args.n, args.k, args.ray_workers,
+                               args.knn_recall)))
         return 0
 
     if args.markdown:
@@ -394,21 +402,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in sorted(sizes):
             project = base / f"n{n}"
-            shutil.rmtree(project, ignore_errors=True)
-            print(f"... N={n:,}: catalog with {n:,} samples", file=sys.stderr, flush=True)
-            setup[n] = round(setup_project(project, n), 2)
-            for st in STAGES:
+            if not (args.reuse and project.exists()):
+                shutil.rmtree(project, ignore_errors=True)
+                print(f"... N={n:,}: catalog with {n:,} samples", file=sys.stderr, flush=True)
+                setup[n] = round(setup_project(project, n), 2)
+            for st in [s_ for s_ in STAGES if s_ in args.stages.split(",")]:
                 for mode in ("local", "ray"):
                     if mode == "ray" and (st not in RAY_STAGES or n > args.ray_max_n):
                         continue
                     print(f"... N={n:,} {st} ({mode})", file=sys.stderr, flush=True)
                     rec = {"stage": st, "mode": mode, "n": n, "d": 64}
-                    rec.update(run_stage(st, mode, project, n, args.k, args.ray_workers, args.timeout))
+                    rec.update(run_stage(st, mode, project, n, args.k, args.ray_workers, args.timeout,
+                                         args.knn_recall))
+                    if st == "knn":
+                        rec["target_recall"] = args.knn_recall
                     print(f"    {rec}", file=sys.stderr, flush=True)
                     rows.append(rec)
             checks[n] = compare_runs(project)
             print(f"    local vs ray: {checks[n]}", file=sys.stderr, flush=True)
-            if not args.keep:
+            if not args.keep and not args.reuse:
                 shutil.rmtree(project, ignore_errors=True)
     finally:
         if not args.keep and not args.workdir:
@@ -417,12 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     stem = "scale_quick" if args.quick else "scale"
     if args.merge and (RESULTS / f"{stem}.json").exists():
         old = json.loads((RESULTS / f"{stem}.json").read_text())
-        rows = [r for r in old["results"] if r["n"] not in sizes] + rows
+        rerun = {(r["n"], r["stage"], r["mode"]) for r in rows}
+        rows = [r for r in old["results"] if (r["n"], r["stage"], r["mode"]) not in rerun] + rows
         rows.sort(key=lambda r: (r["n"], STAGES.index(r["stage"]), r["mode"]))
-        checks = {**{int(k): v for k, v in old.get("local_vs_ray_outputs", {}).items() if int(k) not in sizes},
-                  **checks}
-        setup = {**{int(k): v for k, v in old.get("catalog_setup_seconds", {}).items() if int(k) not in sizes},
-                 **setup}
+        checks = {**{int(k): v for k, v in old.get("local_vs_ray_outputs", {}).items()},
+                  **{k: {**old.get("local_vs_ray_outputs", {}).get(str(k), {}), **v} for k, v in checks.items()}}
+        setup = {**{int(k): v for k, v in old.get("catalog_setup_seconds", {}).items()}, **setup}
         sizes = sorted({r["n"] for r in rows})
     exponents: dict[str, float | None] = {}
     ratios: dict[str, dict] = {}
