@@ -576,6 +576,23 @@ class Catalog:
                 con.unregister("_incoming")
             self.finish_run(run_id, summary, con=con)
 
+    def register_parquet_view(self, view: str, files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        """(Re)create ``view`` over Parquet files that DuckDB reads in place (``read_parquet``).
+
+        For analysis outputs too large to copy into ``catalog.duckdb`` (10^7+ rows): the files stay where the
+        analysis wrote them and every query of the view scans them directly.  ``files``: a path, a glob, or a list.
+        """
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", view) or view in ANALYSIS_TABLES:
+            raise ValueError(f"not a valid view name: {view!r}")
+        paths = [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
+        if not paths:
+            raise ValueError("no Parquet files given")
+        listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)  # DDL takes no bound parameters
+        with self.transaction() as con:
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet([{listing}])")
+
     def append_rows(self, table: str, df: pd.DataFrame, con=None) -> None:
         def _do(c):
             c.register("_incoming", df)

@@ -103,7 +103,25 @@ def doctor(
 
 
 # ------------------------------------------------------------------------------------------- embeddings (issue 3)
-@app.command()
+class _OptionalValueCommand(typer.core.TyperCommand):
+    """Lets ``--ray`` be given without a value (``curate embed --ray``) as well as with one (``--ray ray://h:1``).
+
+    Typer has no optional-value options: a bare ``--ray`` followed by another option or by nothing gets the
+    value ``default`` inserted here, before click parses the arguments.
+    """
+
+    optional_value = {"--ray": "default"}
+
+    def parse_args(self, ctx, args):
+        out = []
+        for i, a in enumerate(args):
+            out.append(a)
+            if a in self.optional_value and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                out.append(self.optional_value[a])
+        return super().parse_args(ctx, out)
+
+
+@app.command(cls=_OptionalValueCommand)
 def embed(
     project: Path = ProjectOpt,
     encoder: str = typer.Option("auto", help="auto | effnet-lite0 | clip:<model>/<tag> | clip:<model>@<checkpoint>."),
@@ -111,13 +129,24 @@ def embed(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps (auto: cuda > mps > cpu)."),
     workers: Optional[int] = typer.Option(None, help="Image-decoding worker processes (default: CPUs - 1)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Drop this encoder's stored vectors and embed everything again."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="Run the encoders on a Ray cluster: bare --ray = Ray's default "
+                                      "(RAY_ADDRESS / the cluster on this machine / a new local instance); or "
+                                      "local, auto, ray://head:10001.  --workers then = encoder actors."),
 ):
     """Embed every sample that has no vector yet (resumable; several encoders can coexist)."""
     from engine.embed import EmbedReport, embed_project
 
     rep = EmbedReport(encoder=encoder)
-    embed_project(open_project(project), encoder=encoder, batch_size=batch_size, device=device, progress=True,
-                  workers=workers, rebuild=rebuild, report=rep)
+    if ray is not None:
+        from engine.distributed.embed import embed_project_ray
+
+        embed_project_ray(open_project(project), encoder=encoder, address=None if ray == "default" else ray,
+                          workers=workers,
+                          batch_size=batch_size, device=device, rebuild=rebuild, report=rep, progress=True)
+    else:
+        embed_project(open_project(project), encoder=encoder, batch_size=batch_size, device=device, progress=True,
+                      workers=workers, rebuild=rebuild, report=rep)
     if rep.run_id is not None:  # something was embedded (embed_project already said when all was up to date)
         console.print(f"{rep.encoder}: {rep.embedded} embedded ({rep.images_per_s:.1f} img/s on {rep.device}), "
                       f"{rep.already_embedded} already had vectors, {len(rep.quarantined)} quarantined", highlight=False)
