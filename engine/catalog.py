@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import subprocess
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -354,8 +355,10 @@ class Catalog:
                         f"project is busy: {holder} holds {self.path} "
                         f"(waited {self.wait_s:.0f}s); wait for it to finish or close it, then retry"
                     ) from exc
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
+                # short, jittered polls: a waiter that backed off to long sleeps would keep losing the lock to
+                # writers that poll faster (starvation under many concurrent writers)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 1.5, 0.1)
         try:
             yield con
         finally:

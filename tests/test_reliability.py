@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_concurrent_decision_writers_lose_nothing(tmp_path):
     cat = init_project(tmp_path / "p")
+    cat.wait_s = 120  # every writer, this one included, may wait as long as the others (a loaded CI machine is slow)
     with cat.transaction() as con:
         for i in range(5):
             con.execute("INSERT INTO samples (id, content_hash, path, ingested_at) VALUES (nextval('seq_sample'), ?, ?, now())",
@@ -24,7 +25,7 @@ def test_concurrent_decision_writers_lose_nothing(tmp_path):
         """
         import sys
         from engine.catalog import Catalog
-        cat = Catalog(sys.argv[1], wait_s=60)
+        cat = Catalog(sys.argv[1], wait_s=120)
         w = int(sys.argv[2])
         for i in range(15):
             cat.add_decision(1 + (i % 5), "relabel", f"w{w}-{i}", reason=f"writer {w}")
@@ -36,7 +37,7 @@ def test_concurrent_decision_writers_lose_nothing(tmp_path):
     for i in range(10):
         cat.add_decision(1, "keep", reason=f"main {i}")
         cat.counts()
-    assert all(p.wait(timeout=180) == 0 for p in procs)
+    assert all(p.wait(timeout=300) == 0 for p in procs)
     assert cat.scalar("SELECT count(*) FROM decisions") == 4 * 15 + 10
     assert cat.scalar("SELECT count(DISTINCT id) FROM decisions") == 70
 
