@@ -21,6 +21,9 @@ app.add_typer(audit_app, name="audit")
 console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
 
 ProjectOpt = typer.Option(DEFAULT_PROJECT, "--project", "-p", help="Project workspace folder.")
+OocOpt = typer.Option(None, "--out-of-core/--in-memory",
+                      help="Shard-by-shard analyses that never hold all vectors, or the in-memory ones "
+                           "(default: out of core above 2,000,000 vectors, CURATE_OUT_OF_CORE_MIN_N).")
 
 
 def _print_df(df, title: str | None = None, max_rows: int = 20) -> None:
@@ -202,14 +205,22 @@ def index(
     factory: str = typer.Option("auto", help="auto, or a FAISS index_factory string (e.g. 'HNSW32,Flat', 'IVF4096,PQ32')."),
     k: int = typer.Option(10, "-k", "--k", help="Neighbours per sample in the kNN graph."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Ignore saved files and rebuild both."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Build or refresh the search index and the shared kNN graph; print what they are and their recall."""
-    from indexes.graph import load_or_build_graph
+    from engine.shards import use_out_of_core
+    from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
     from indexes.search import load_or_build_index
 
     cat = open_project(project)
-    pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=True)
-    _, graph = load_or_build_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild, progress=True)
+    big = use_out_of_core(cat, encoder, out_of_core)
+    pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=True, out_of_core=big)
+    if big:
+        _, graph = load_or_build_sharded_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild)
+        console.print(f"out of core: {pix.meta.n_vectors} vectors read shard by shard "
+                      f"(threshold: CURATE_OUT_OF_CORE_MIN_N, --out-of-core/--in-memory)")
+    else:
+        _, graph = load_or_build_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild, progress=True)
     m = pix.meta
     console.print(f"search index ({pix.status}): {m.n_vectors} x {m.dim} {m.factory} {m.search_params or '(exact)'}, "
                   f"recall@10 {m.recall_at_10:.3f}, built in {m.build_seconds:.1f}s")
@@ -249,13 +260,15 @@ def audit_all(
     k: int = typer.Option(10, help="Neighbours per sample in the shared kNN graph."),
     cluster_k: Optional[int] = typer.Option(None, "--cluster-k", help="Number of clusters (default: chosen by a silhouette sweep)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failing step instead of reporting it and going on."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """The full audit: embed -> kNN graph -> label issues, duplicates, outliers, image quality, clusters, query."""
     from engine.pipeline import run_audit
     from engine.report import print_status
 
     cat = open_project(project)
-    timings = run_audit(cat, encoder=encoder, k=k, console=console, strict=strict, cluster_k=cluster_k)
+    timings = run_audit(cat, encoder=encoder, k=k, console=console, strict=strict, cluster_k=cluster_k,
+                        out_of_core=out_of_core)
     print_status(cat, console)
     if any(t["status"] == "failed" for t in timings.values()):
         raise typer.Exit(1)
@@ -269,12 +282,13 @@ def audit_labels(
     folds: int = typer.Option(5, help="Folds of the cross-validated linear probe."),
     method: str = typer.Option("self_confidence", help="Label quality score: self_confidence | normalized_margin."),
     seed: int = typer.Option(0, help="Seed of the fold split."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Find probably-wrong labels (confident learning on out-of-sample probe + kNN probabilities)."""
     from engine.analyses import label_issues
 
     cat = open_project(project)
-    s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed)
+    s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed, out_of_core=out_of_core)
     console.print(f"{s['n_issues']} of {s['n_labeled']} labeled samples flagged; estimated label noise "
                   f"{s['estimated_noise_rate']:.1%} ({s['encoder'] or 'imported predictions'})", markup=False)
     noisiest = sorted(s["noise_rate_per_class"].items(), key=lambda kv: -kv[1])[:5]
@@ -302,13 +316,14 @@ def audit_duplicates(
                                       "(-1: embeddings only)."),
     seed: int = typer.Option(0, help="Seed of the SemDeDup k-means partitions."),
     semdedup: bool = typer.Option(True, "--semdedup/--no-semdedup", help="Also compute the SemDeDup pruning curve."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Exact + near-duplicate sets with proposed keepers, train/test leakage and the SemDeDup pruning curve."""
     from engine.analyses import duplicates
 
     cat = open_project(project)
     s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
-                       hash_distance=None if hash_distance < 0 else hash_distance)
+                       hash_distance=None if hash_distance < 0 else hash_distance, out_of_core=out_of_core)
     hd = "off" if s["hash_distance"] is None else f"<= {s['hash_distance']}"
     console.print(f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
                   f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
@@ -335,12 +350,13 @@ def audit_outliers(
     encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
     k: int = typer.Option(10, help="Neighbours averaged for the score."),
     z: float = typer.Option(3.5, help="Robust z-score of log kNN distance above which a sample is flagged."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Out-of-distribution scores from the kNN graph (lower = more outlying) and the flagged outliers."""
     from engine.analyses import outliers
 
     cat = open_project(project)
-    s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z)
+    s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z, out_of_core=out_of_core)
     console.print(f"{s['flagged']} of {s['n']} samples flagged as outliers (score < {s['score_cutoff']:.3f})")
     _print_df(outliers.top_outliers(cat, limit=15), title="most outlying samples")
 
@@ -375,12 +391,14 @@ def cluster(
     encoder: Optional[str] = typer.Option(None, help="Embedding set to cluster (default: the most recent)."),
     seed: int = typer.Option(0, help="Random seed (k-means, silhouette sample, UMAP)."),
     names: bool = typer.Option(True, "--names/--no-names", help="Suggest a name per cluster with the encoder."),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Cluster the embeddings, summarise each cluster and compute the 2-D map."""
     from engine.analyses import clusters
 
     cat = open_project(project)
-    res = clusters.run(cat, encoder=encoder, k=k, method=method, seed=seed, name_clusters=names)
+    res = clusters.run(cat, encoder=encoder, k=k, method=method, seed=seed, name_clusters=names,
+                       out_of_core=out_of_core)
     console.print(f"{res.k} clusters ({res.method}, k chosen by {res.summary['k_chosen_by']}) over {res.n} samples"
                   f"{f', {res.n_noise} noise' if res.n_noise else ''}; map: {res.map_method}; {res.seconds:.1f}s")
     df = cat.query_df("SELECT cluster, size, name, majority_label, purity FROM cluster_summaries ORDER BY cluster")
@@ -399,12 +417,14 @@ def query(
     include_outliers: bool = typer.Option(False, help="Also select samples flagged as outliers."),
     url_prefix: Optional[str] = typer.Option(None, help="Image URL prefix for the Label Studio tasks, "
                                              "e.g. /data/local-files/?d="),
+    out_of_core: Optional[bool] = OocOpt,
 ):
     """Select the next batch to label (table `queries`) and export it as CSV/JSON/Label Studio tasks."""
     from engine.analyses import active
 
     res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
-                     max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix)
+                     max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix,
+                     out_of_core=out_of_core)
     if res.batch_id is None:
         console.print("nothing to query: every embedded sample is labeled or excluded")
         return

@@ -8,36 +8,45 @@ from typing import Callable
 from engine.catalog import Catalog, CurateError
 
 
-def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None) -> list[tuple[str, Callable[[Catalog, dict], object]]]:
+def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None,
+                out_of_core: bool | None = None) -> list[tuple[str, Callable[[Catalog, dict], object]]]:
     """The ordered steps of a full audit; each takes (catalog, context) and may put things into context.
 
-    ``k`` is the kNN-graph degree; ``cluster_k`` the number of k-means clusters (None: chosen by the silhouette sweep).
+    ``k`` is the kNN-graph degree; ``cluster_k`` the number of k-means clusters (None: chosen by the silhouette sweep);
+    ``out_of_core`` True/False forces the shard-by-shard or the in-memory analyses, None decides after the embed
+    step from the number of vectors (:func:`engine.shards.use_out_of_core`).
     """
 
     def embed(cat: Catalog, ctx: dict):
         from engine.embed import embed_project
 
+        from engine.shards import use_out_of_core
+
         ctx["encoder"] = embed_project(cat, encoder=encoder, progress=True)
+        ctx["ooc"] = use_out_of_core(cat, ctx["encoder"], out_of_core)
 
     def graph(cat: Catalog, ctx: dict):
-        from indexes.graph import load_or_build_graph
+        from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
 
-        load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k)
+        if ctx.get("ooc"):
+            load_or_build_sharded_graph(cat, encoder=ctx.get("encoder"), k=k)
+        else:
+            load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k)
 
     def label_issues(cat: Catalog, ctx: dict):
         from engine.analyses import label_issues as m
 
-        m.run(cat, encoder=ctx.get("encoder"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
 
     def duplicates(cat: Catalog, ctx: dict):
         from engine.analyses import duplicates as m
 
-        m.run(cat, encoder=ctx.get("encoder"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
 
     def outliers(cat: Catalog, ctx: dict):
         from engine.analyses import outliers as m
 
-        m.run(cat, encoder=ctx.get("encoder"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
 
     def image_quality(cat: Catalog, ctx: dict):
         from engine.analyses import image_quality as m
@@ -47,12 +56,12 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
     def clusters(cat: Catalog, ctx: dict):
         from engine.analyses import clusters as m
 
-        m.run(cat, encoder=ctx.get("encoder"), k=cluster_k)
+        m.run(cat, encoder=ctx.get("encoder"), k=cluster_k, out_of_core=ctx.get("ooc"))
 
     def query(cat: Catalog, ctx: dict):
         from engine.analyses import active as m
 
-        m.run(cat, encoder=ctx.get("encoder"))
+        m.run(cat, encoder=ctx.get("encoder"), out_of_core=ctx.get("ooc"))
 
     return [
         ("embed", embed),
@@ -67,7 +76,7 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
 
 
 def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, strict: bool = False,
-              cluster_k: int | None = None) -> dict[str, dict]:
+              cluster_k: int | None = None, out_of_core: bool | None = None) -> dict[str, dict]:
     """Run every audit step; returns {step: {"seconds": s, "status": "ok"|"failed", "error": msg}}.
 
     A failing step is reported in one line and the audit goes on with the steps that do not need it
@@ -76,7 +85,7 @@ def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, st
     ctx: dict = {}
     timings: dict[str, dict] = {}
     blocked = False
-    for name, fn in audit_steps(encoder=encoder, k=k, cluster_k=cluster_k):
+    for name, fn in audit_steps(encoder=encoder, k=k, cluster_k=cluster_k, out_of_core=out_of_core):
         if blocked and name != "image quality":
             timings[name] = {"seconds": 0.0, "status": "skipped", "error": "needs embeddings"}
             continue

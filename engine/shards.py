@@ -18,6 +18,7 @@ sample-id order, so this normally equals the ascending ``sample_ids`` order of `
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -158,6 +159,15 @@ class ShardedEmbeddings:
         """Global row position of each shard's first live row, plus the total at the end."""
         return self._offsets
 
+    def content_key(self) -> str:
+        """SHA-256 over the shards' recorded checksums and live-row lists: changes whenever any vector does."""
+        h = hashlib.sha256(f"{self.encoder}|{self.dim}|{len(self)}".encode())
+        for s in self.shards:
+            h.update(f"|{s.name}:{s.sha256}:{s.n_file}".encode())
+            if s.rows is not None:
+                h.update(np.ascontiguousarray(s.rows, np.int64).tobytes())
+        return h.hexdigest()
+
     @property
     def nbytes_float32(self) -> int:
         """What the whole matrix would take as float32 (what this class avoids holding)."""
@@ -230,3 +240,86 @@ class ShardedEmbeddings:
         size = int(min(max(size, 0), n))
         pos = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else np.arange(n)
         return pos, self.take(pos)
+
+
+# ------------------------------------------------------------------------------------------- out-of-core switch
+#: Above this many embedded samples ``curate index`` / ``curate audit`` run out of core (env override).
+OUT_OF_CORE_MIN_N = 2_000_000
+#: ... or when the float32 matrix would take more than this fraction of the machine's memory.
+OUT_OF_CORE_MAX_RAM_FRACTION = 0.25
+
+
+def embedded_count(cat: Catalog, encoder: str | None = None) -> tuple[str, int, int]:
+    """``(encoder, live embedded rows, dim)`` from the catalog alone (no vector is read)."""
+    from engine.embed import _resolve_stored_encoder
+
+    name = _resolve_stored_encoder(cat, encoder)
+    dim = int(cat.scalar("SELECT dim FROM embedding_sets WHERE encoder = ?", [name]))
+    n = int(cat.scalar("""SELECT count(*) FROM embedded e JOIN samples s ON s.id = e.sample_id
+                          WHERE e.encoder = ?""", [name]))
+    return name, n, dim
+
+
+def _total_ram() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def use_out_of_core(cat: Catalog, encoder: str | None = None, out_of_core: bool | None = None) -> bool:
+    """Whether an analysis should take the out-of-core path.
+
+    ``out_of_core`` True/False (the CLI's ``--out-of-core`` / ``--in-memory``) decides; None ("auto") reads
+    ``CURATE_OUT_OF_CORE`` (``1``/``0``) and otherwise goes out of core when the encoder has more than
+    ``CURATE_OUT_OF_CORE_MIN_N`` (default 2,000,000) live vectors or their float32 matrix would exceed a quarter of
+    the machine's memory.
+    """
+    if out_of_core is not None:
+        return bool(out_of_core)
+    env = os.environ.get("CURATE_OUT_OF_CORE", "").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    _, n, dim = embedded_count(cat, encoder)
+    try:
+        min_n = int(os.environ.get("CURATE_OUT_OF_CORE_MIN_N", OUT_OF_CORE_MIN_N))
+    except ValueError:
+        raise CurateError("CURATE_OUT_OF_CORE_MIN_N must be an integer number of samples, e.g. 2000000") from None
+    return n > min_n or n * dim * 4 > OUT_OF_CORE_MAX_RAM_FRACTION * _total_ram()
+
+
+class ShardRows:
+    """An :class:`engine.embed.EmbeddingSet`-shaped view of shards for code that looks up single rows.
+
+    ``sample_ids`` are ascending (as in ``EmbeddingSet``), ``rows(ids)`` gives positions in that order, and
+    ``vectors[pos]`` reads the vector(s) at those positions from the shards — nothing else is loaded.
+    """
+
+    def __init__(self, shards: ShardedEmbeddings):
+        self.encoder = shards.encoder
+        self._shards = shards
+        ids = shards.sample_ids()
+        self._order = np.argsort(ids, kind="stable")
+        self.sample_ids = ids[self._order]
+        self.vectors = self
+
+    def __len__(self) -> int:
+        return int(len(self.sample_ids))
+
+    @property
+    def dim(self) -> int:
+        return self._shards.dim
+
+    def rows(self, sample_ids) -> np.ndarray:
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        if not len(self.sample_ids):
+            return np.full(len(ids), -1, np.int64)
+        pos = np.clip(np.searchsorted(self.sample_ids, ids), 0, len(self.sample_ids) - 1)
+        return np.where(self.sample_ids[pos] == ids, pos, -1)
+
+    def __getitem__(self, pos):
+        rows = np.atleast_1d(np.asarray(pos, dtype=np.int64))
+        out = self._shards.take(self._order[rows])
+        return out[0] if np.ndim(pos) == 0 else out

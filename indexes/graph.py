@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -156,3 +157,84 @@ def _save(directory: str | os.PathLike, graph: KnnGraph, ids: np.ndarray, encode
                      build_seconds=round(seconds, 3), catalog_version=catalog_version, content_key=key,
                      incremental_adds=incremental_adds)
     save_graph(directory, graph.indices, graph.similarities, ids, meta)
+
+
+# --------------------------------------------------------------------------------------------------- out of core
+OOC_DIR = "knn-ooc"
+
+
+def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int = 10, *, rebuild: bool = False,
+                                ray_workers: int = 0, **knn_options: Any) -> tuple[Any, KnnGraph]:
+    """The project's kNN graph computed shard by shard and kept as memory-mapped ``.npy`` files.
+
+    The out-of-core twin of :func:`load_or_build_graph` (what ``curate index`` / ``curate audit`` use above the
+    out-of-core threshold, :func:`engine.shards.use_out_of_core`): no step holds the ``n x dim`` matrix.  Files live
+    in ``<project>/indexes/<encoder-slug>/knn-ooc/`` (``knn_indices.npy``, ``knn_similarities.npy``,
+    ``sample_ids.npy``, ``knn_graph.json``) and are keyed by the shards' checksums
+    (:meth:`engine.shards.ShardedEmbeddings.content_key`): same shards -> loaded (each file's SHA-256 verified);
+    anything changed, a larger ``k``, a corrupt file -> rebuilt into a fresh folder that replaces the old one only
+    when complete, so a killed build leaves the previous graph (or none) and the rerun starts over.
+
+    Returns
+    -------
+    (ShardedEmbeddings, KnnGraph)
+        Graph rows and neighbour positions are global shard rows (``shards.sample_ids()`` maps them to ids); the
+        graph's arrays are read-only memory maps.
+    """
+    import shutil
+    import uuid
+
+    from engine.shards import ShardedEmbeddings
+    from indexes.sharded import sharded_knn_graph
+    from indexes.store import _check_file, _read_meta, _write_json_atomic, file_sha256
+
+    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
+    folder = index_dir(cat.root, shards.encoder) / OOC_DIR
+    key = shards.content_key()
+    reason = "rebuilt: requested" if rebuild else "built"
+    if not rebuild and (folder / "knn_graph.json").exists():
+        try:
+            meta = _read_meta(folder / "knn_graph.json", GraphMeta)
+            if meta.content_key != key:
+                reason = "rebuilt: embeddings changed"
+            elif meta.k < k:
+                reason = f"rebuilt: cached graph has k={meta.k} < {k}"
+            else:
+                sums = dict(item.split("=", 1) for item in meta.sha256.split(";"))
+                arrays = {}
+                for name in ("knn_indices", "knn_similarities", "sample_ids"):
+                    _check_file(folder / f"{name}.npy", sums[name])
+                    arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                if arrays["knn_indices"].shape != (meta.n, meta.k) or meta.n != len(shards):
+                    raise CorruptIndexError(f"{folder}: array shapes do not match the metadata")
+                g = KnnGraph(arrays["knn_indices"], arrays["knn_similarities"], meta.method, meta.recall, cache="hit")
+                return shards, g.truncate(k)
+        except (CorruptIndexError, KeyError, ValueError, OSError) as exc:
+            log.warning("out-of-core kNN graph cache is unusable, rebuilding: %s", exc)
+            reason = f"rebuilt: corrupt cache ({exc})"
+    tmp = folder.with_name(f".{OOC_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        t0 = time.perf_counter()
+        g = sharded_knn_graph(shards, k, out_dir=tmp, ray_workers=ray_workers, **knn_options)
+        method, recall = g.method, None if g.recall is None else float(g.recall)
+        del g  # drop the writable maps (flushed by sharded_knn_graph)
+        np.save(tmp / "sample_ids.npy", shards.sample_ids())
+        sums = ";".join(f"{name}={file_sha256(tmp / f'{name}.npy')}"
+                        for name in ("knn_indices", "knn_similarities", "sample_ids"))
+        graph_meta = GraphMeta(encoder=shards.encoder, n=len(shards), k=k, method=method, recall=recall,
+                               build_seconds=round(time.perf_counter() - t0, 3),
+                               catalog_version=cat.version_token(), content_key=key, sha256=sums)
+        _write_json_atomic(tmp / "knn_graph.json", asdict(graph_meta))
+        old = folder.with_name(f".{OOC_DIR}.old.{uuid.uuid4().hex[:8]}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    arrays = {n_: np.load(folder / f"{n_}.npy", mmap_mode="r", allow_pickle=False)
+              for n_ in ("knn_indices", "knn_similarities")}
+    meta = _read_meta(folder / "knn_graph.json", GraphMeta)
+    return shards, KnnGraph(arrays["knn_indices"], arrays["knn_similarities"], meta.method, meta.recall,
+                            cache=reason)

@@ -104,7 +104,8 @@ class ProjectIndex:
 # --------------------------------------------------------------------------------------------------- index
 def load_or_build_index(cat: Catalog, encoder: str | None = None, factory: str = "auto", *,
                         memory_budget_bytes: int | None = None, target_recall: float = DEFAULT_TARGET_RECALL,
-                        seed: int = 0, rebuild: bool = False, progress: bool = False) -> ProjectIndex:
+                        seed: int = 0, rebuild: bool = False, progress: bool = False,
+                        out_of_core: bool | None = None) -> ProjectIndex:
     """The project's search index for an encoder, loaded from the workspace or (re)built as needed.
 
     Parameters
@@ -126,19 +127,81 @@ def load_or_build_index(cat: Catalog, encoder: str | None = None, factory: str =
         Ignore the saved index.
     progress : bool
         Show progress while adding vectors.
+    out_of_core : bool, optional
+        None = :func:`engine.shards.use_out_of_core` decides; True: :func:`load_or_build_sharded_index`.
 
     Returns
     -------
     ProjectIndex
     """
     from engine.embed import load_embeddings
+    from engine.shards import use_out_of_core
 
+    if use_out_of_core(cat, encoder, out_of_core):
+        return load_or_build_sharded_index(cat, encoder, factory, memory_budget_bytes=memory_budget_bytes,
+                                          target_recall=target_recall, seed=seed, rebuild=rebuild)
     es = load_embeddings(cat, encoder)
     index, meta, status = index_for_embeddings(
         index_dir(cat.root, es.encoder), es.encoder, es.sample_ids, es.vectors, factory,
         catalog_version=cat.version_token(), memory_budget_bytes=memory_budget_bytes, target_recall=target_recall,
         seed=seed, rebuild=rebuild, progress=progress)
     return ProjectIndex(index, meta, es, status)
+
+
+OOC_INDEX_DIR = "index-ooc"
+
+
+def load_or_build_sharded_index(cat: Catalog, encoder: str | None = None, factory: str = "auto", *,
+                                memory_budget_bytes: int | None = None,
+                                target_recall: float = DEFAULT_TARGET_RECALL, seed: int = 0,
+                                rebuild: bool = False) -> ProjectIndex:
+    """The search index of a project too large for memory, trained on a sample and filled shard by shard.
+
+    Built with :func:`indexes.sharded.build_sharded_index` (IVF for large sets: ``sharded_factory``), its search
+    parameters tuned to ``target_recall`` against exact search over the shards, its ids then set to sample ids,
+    and saved with its checksummed metadata in ``<project>/indexes/<encoder-slug>/index-ooc/``.  Kept while the
+    shards' content key is unchanged; otherwise (or when corrupt) rebuilt — no incremental update on this path.
+    The returned ``ProjectIndex.embeddings`` is a :class:`engine.shards.ShardRows` view (single rows read on
+    demand), so :func:`search_sample` and the UI work unchanged.
+    """
+    import faiss
+
+    from engine.shards import ShardedEmbeddings, ShardRows
+    from indexes.sharded import build_sharded_index, tune_sharded
+
+    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
+    directory = index_dir(cat.root, shards.encoder) / OOC_INDEX_DIR
+    key = shards.content_key()
+    status = "built"
+    if rebuild:
+        status = "rebuilt: requested"
+    else:
+        try:
+            loaded = load_index(directory)
+        except CorruptIndexError as exc:
+            log.warning("out-of-core search index is corrupt, rebuilding: %s", exc)
+            loaded, status = None, f"rebuilt: corrupt file ({exc})"
+        if loaded is not None:
+            index, meta = loaded
+            if meta.content_key == key and meta.requested_factory == factory:
+                set_search_params(index, meta.search_params)
+                return ProjectIndex(index, meta, ShardRows(shards), "loaded")
+            status = "rebuilt: embeddings or factory changed"
+    t0 = time.perf_counter()
+    six = build_sharded_index(shards, factory, seed=seed, memory_budget_bytes=memory_budget_bytes)
+    recall = tune_sharded(six, shards, RECALL_K, target_recall, RECALL_QUERIES, seed)
+    index = six.parts[0]
+    # ids were global row positions (what the tuning compares against); store sample ids instead
+    rows = faiss.vector_to_array(index.id_map)
+    faiss.copy_array_to_vector(np.ascontiguousarray(shards.sample_ids()[rows], np.int64), index.id_map)
+    exact = "IVF" not in six.factory.upper() and "HNSW" not in six.factory.upper() and "PQ" not in six.factory.upper()
+    meta = IndexMeta(encoder=shards.encoder, n_vectors=int(index.ntotal), dim=shards.dim, factory=six.factory,
+                     requested_factory=factory, search_params=six.search_params,
+                     recall_at_10=1.0 if exact else float(recall), recall_queries=0 if exact else RECALL_QUERIES,
+                     target_recall=target_recall, build_seconds=round(time.perf_counter() - t0, 3),
+                     catalog_version=cat.version_token(), content_key=key)
+    meta = save_index(directory, index, meta)
+    return ProjectIndex(index, meta, ShardRows(shards), status)
 
 
 def index_for_embeddings(directory: str | os.PathLike, encoder: str, sample_ids: np.ndarray, vectors: np.ndarray,

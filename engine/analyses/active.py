@@ -727,6 +727,26 @@ def _load_graph(cat: Catalog, encoder: str | None, ids: np.ndarray, k: int) -> A
     return graph
 
 
+def _pool_out_of_core(cat: Catalog, encoder: str | None, pool_size: int, seed: int) -> tuple[Any, dict]:
+    """A seeded candidate pool read from the shards: labeled rows (sampled beyond half the pool) + unlabeled rows."""
+    from engine.embed import EmbeddingSet
+    from engine.shards import ShardedEmbeddings
+
+    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
+    ids = shards.sample_ids()
+    _, codes = cat.label_codes(ids)
+    rng = np.random.default_rng(seed)
+    lab, unl = np.flatnonzero(codes >= 0), np.flatnonzero(codes < 0)
+    n_lab = min(len(lab), max(pool_size // 2, pool_size - len(unl)))
+    n_unl = min(len(unl), max(0, pool_size - n_lab))
+    rows = np.concatenate([rng.choice(lab, n_lab, replace=False) if n_lab < len(lab) else lab,
+                           rng.choice(unl, n_unl, replace=False) if n_unl < len(unl) else unl])
+    rows = rows[np.argsort(ids[rows], kind="stable")]
+    info = {"rows": int(len(ids)), "pool": int(len(rows)), "labeled_in_pool": int(n_lab),
+            "unlabeled_in_pool": int(n_unl), "unlabeled_total": int(len(unl)), "seed": seed}
+    return EmbeddingSet(shards.encoder, ids[rows], shards.take(rows)), info
+
+
 def run(
     cat: Catalog,
     strategy: str = "typiclust",
@@ -740,6 +760,8 @@ def run(
     export: bool = True,
     url_prefix: str | None = None,
     config: StrategyConfig | None = None,
+    out_of_core: bool | None = None,
+    pool_size: int = 200_000,
 ) -> QueryResult:
     """Select the next batch to label, write it to ``queries`` and export it.
 
@@ -755,6 +777,9 @@ def run(
         duplicate set that holds a labeled sample are always excluded.
     export : write ``queue.csv``, ``queue.json`` and ``label_studio.json`` to ``<project>/exports/query-<batch>/``.
     url_prefix : prefix of the image URL in the Label Studio tasks (e.g. ``/data/local-files/?d=``).
+    out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core the strategy runs on a seeded
+        pool of ``pool_size`` rows read from the shards (the labeled rows, sampled when they alone exceed half the
+        pool, plus a uniform sample of the unlabeled ones); the summary records the pool.
 
     Returns
     -------
@@ -767,7 +792,14 @@ def run(
     if budget < 1:
         raise CurateError(f"--budget must be at least 1, got {budget}")
     config = config or StrategyConfig()
-    emb = load_embeddings(cat, encoder)
+    from engine.shards import use_out_of_core
+
+    big = use_out_of_core(cat, encoder, out_of_core)
+    pool_info = None
+    if big:
+        emb, pool_info = _pool_out_of_core(cat, encoder, pool_size, seed)
+    else:
+        emb = load_embeddings(cat, encoder)
     X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
     if near_duplicate_similarity is None:
         from engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
@@ -778,11 +810,12 @@ def run(
               "near_duplicate_similarity": near_duplicate_similarity}
     run_id = cat.start_run("query", params)
     try:
-        labels = cat.current_labels().set_index("sample_id")["label"].reindex(ids)
+        names_, codes = cat.label_codes(ids)
+        labels = pd.Series(np.array(list(names_) + [None], dtype=object)[codes], index=ids)  # -1 -> None
         labeled = labels.notna().to_numpy()
         # ProbCover on very large sets reads its balls from the shared graph, so ask for enough neighbours
         big_probcover = name == "probcover" and len(ids) > config.probcover_exact_max
-        graph = _load_graph(cat, emb.encoder, ids, k=config.probcover_k if big_probcover else 10)
+        graph = None if big else _load_graph(cat, emb.encoder, ids, k=config.probcover_k if big_probcover else 10)
 
         pos = pd.Series(np.arange(len(ids)), index=ids)
         dup = cat.query_df("SELECT set_id, sample_id FROM duplicates")
@@ -792,8 +825,8 @@ def run(
             set_ids[pos[dup["sample_id"]].to_numpy()] = dup["set_id"].to_numpy()
         outlier = None
         if exclude_outliers:
-            out = cat.query_df("SELECT sample_id, score, is_outlier FROM outliers")
-            out = out[out["sample_id"].isin(ids)]
+            out = cat.query_df("SELECT sample_id, score, is_outlier FROM outliers "
+                               "WHERE sample_id IN (SELECT unnest(?))", [ids.tolist()])
             outlier = np.zeros(len(ids), bool)
             flag = (out["score"] < outlier_score_threshold) if outlier_score_threshold is not None \
                 else out["is_outlier"].fillna(False).astype(bool)
@@ -830,6 +863,7 @@ def run(
         })
         summary = {"strategy": name, "selected": len(sel), "candidates": sel.info.get("n_candidates", 0),
                    "labeled": int(labeled.sum()), "excluded": excl.counts,
+                   **({"out_of_core_pool": pool_info} if pool_info else {}),
                    **{k: v for k, v in sel.info.items() if k != "n_candidates"}}
         batch_id = None
         with cat.transaction() as con:

@@ -752,6 +752,8 @@ def run(
     min_cluster_size: int | None = None,
     map_method: str = "auto",
     encoder_model: Any = None,
+    out_of_core: bool | None = None,
+    sample_size: int = 200_000,
 ) -> ClusterRun:
     """Cluster the project's embeddings and write ``clusters`` + ``cluster_summaries`` in one transaction.
 
@@ -765,34 +767,60 @@ def run(
     n_representatives, n_atypical : list lengths in the summaries.
     map_method : ``auto``, ``umap`` or ``pca`` for the 2-D map.
     encoder_model : an already-loaded encoder object for naming (default: ``engine.encoders.get_encoder``).
+    out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core, k-means (and the choice of
+        k) runs on a seeded sample of ``sample_size`` rows and every row is then assigned to its nearest centroid
+        shard by shard (:func:`engine.analyses.scale.sampled_kmeans`'s scheme); the 2-D map is a PCA fitted on the
+        same sample and applied block by block (UMAP's ``transform`` is too slow for 10^7 rows); only k-means.
 
     Returns
     -------
     ClusterRun
     """
     from engine.embed import load_embeddings
+    from engine.shards import use_out_of_core
 
     t0 = time.perf_counter()
-    emb = load_embeddings(cat, encoder)
-    X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
+    big = use_out_of_core(cat, encoder, out_of_core)
+    shards = None
+    if big:
+        from engine.shards import ShardedEmbeddings
+
+        shards = ShardedEmbeddings.open(cat, encoder, verify=True)
+        X, ids = None, shards.sample_ids()
+        emb = None
+        if method != "kmeans":
+            raise CurateError(f"--method {method} needs every vector in memory; this project is clustered out of "
+                              "core, where only --method kmeans is available (or pass --in-memory)")
+    else:
+        emb = load_embeddings(cat, encoder)
+        X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
+    enc_name = shards.encoder if big else emb.encoder
     if len(ids) == 0:
         raise CurateError(f"embedding set {emb.encoder} holds no vectors; run `curate embed` first")
     if method not in METHODS:
         raise CurateError(f"unknown clustering method {method!r}; use --method kmeans or --method hdbscan")
     if k is not None and not 1 <= k <= len(ids):
         raise CurateError(f"--k {k} is out of range: the project has {len(ids)} embedded samples; pick 1..{len(ids)}")
-    params = {"encoder": emb.encoder, "k": k, "method": method, "seed": seed, "min_cluster_size": min_cluster_size}
+    params = {"encoder": enc_name, "k": k, "method": method, "seed": seed, "min_cluster_size": min_cluster_size,
+              "out_of_core": big}
     run_id = cat.start_run("clusters", params)
     try:
-        result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size)
-        lab = cat.current_labels().set_index("sample_id")["label"]
-        labels = lab.reindex(ids).tolist()
+        if big:
+            result, xy, fit_emb = _cluster_out_of_core(shards, k, seed, sample_size)
+        else:
+            result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size)
+        names_, codes = cat.label_codes(ids)
+        labels = np.array(list(names_) + [None], dtype=object)[codes]  # -1 -> None; one object per class name
         summaries = summarize_clusters(result, labels, n_representatives=n_representatives, n_atypical=n_atypical)
         naming = None
         naming_note = None
         if name_clusters:
-            naming, naming_note = _name(cat, summaries, emb, encoder_model)
-        xy = embed_2d(X, seed=seed, method=map_method)
+            if big:
+                naming, naming_note = _name_out_of_core(cat, summaries, shards, ids, encoder_model)
+            else:
+                naming, naming_note = _name(cat, summaries, emb, encoder_model)
+        if not big:
+            xy = embed_2d(X, seed=seed, method=map_method)
 
         clusters_df = pd.DataFrame({
             "run_id": run_id,
@@ -814,7 +842,9 @@ def run(
         })
         labeled = [s for s in summaries if s.purity is not None and s.cluster != NOISE]
         summary = {
-            "encoder": emb.encoder,
+            "encoder": enc_name,
+            "out_of_core": big,
+            **({"k_chosen_on_sample": int(fit_emb)} if big else {}),
             "method": method,
             "k": result.k,
             "n": int(len(ids)),
@@ -838,8 +868,57 @@ def run(
     except BaseException as exc:
         cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
         raise
-    return ClusterRun(run_id=run_id, encoder=emb.encoder, method=method, k=result.k, n=len(ids), n_noise=result.n_noise,
+    return ClusterRun(run_id=run_id, encoder=enc_name, method=method, k=result.k, n=len(ids), n_noise=result.n_noise,
                       map_method=xy.method, naming=naming, seconds=time.perf_counter() - t0, summary=summary)
+
+
+def _cluster_out_of_core(shards: Any, k: int | None, seed: int, sample_size: int) -> tuple[ClusterResult, Map2D, int]:
+    """k-means on a seeded sample (k chosen there when None), every row assigned shard by shard, PCA map."""
+    import faiss
+    from sklearn.decomposition import PCA
+
+    _, Xs = shards.sample(sample_size, seed=seed)
+    fit = cluster_embeddings(Xs, k=k, method="kmeans", seed=seed)
+    n = len(shards)
+    index = faiss.IndexFlatL2(shards.dim)
+    index.add(np.ascontiguousarray(fit.centroids, np.float32))
+    labels = np.empty(n, np.int64)
+    dist = np.empty(n, np.float32)
+    xy = np.zeros((n, 2), np.float32)
+    m = min(2, shards.dim, len(Xs))
+    pca = PCA(n_components=m, random_state=seed).fit(Xs) if len(Xs) >= 2 else None
+    for start, _ids, X in shards.iter_blocks(65_536):
+        D, I = index.search(X, 1)
+        labels[start:start + len(X)] = I[:, 0]
+        dist[start:start + len(X)] = np.sqrt(np.maximum(D[:, 0], 0))
+        if pca is not None:
+            xy[start:start + len(X), :m] = pca.transform(X)
+    # cluster ids by size over all rows (0 = largest), as in the in-memory path
+    sizes = np.bincount(labels, minlength=fit.k)
+    order = np.lexsort((np.arange(fit.k), -sizes))
+    remap = np.empty(fit.k, np.int64)
+    remap[order] = np.arange(fit.k)
+    result = ClusterResult(labels=remap[labels], centroids=np.asarray(fit.centroids)[order], distances=dist, k=fit.k,
+                           method="kmeans", seed=seed, k_selection=fit.k_selection,
+                           inertia=float(np.square(dist, dtype=np.float64).sum()))
+    return result, Map2D(xy=np.nan_to_num(xy), method="pca (fitted on a sample)", fitted_on=len(Xs)), len(Xs)
+
+
+def _name_out_of_core(cat: Catalog, summaries: list[ClusterSummary], shards: Any, ids: np.ndarray,
+                      encoder_model: Any) -> tuple[str | None, str | None]:
+    """:func:`_name` on the representatives' vectors only (a few per cluster), not on every row."""
+    from dataclasses import replace
+
+    from engine.embed import EmbeddingSet
+
+    rows = np.unique(np.concatenate([np.asarray(s.representatives, np.int64) for s in summaries] + [np.empty(0, np.int64)]))
+    local = {int(r): i for i, r in enumerate(rows)}
+    compact = [replace(s, representatives=[local[int(r)] for r in s.representatives]) for s in summaries]
+    emb = EmbeddingSet(shards.encoder, ids[rows], shards.take(rows))
+    how, note = _name(cat, compact, emb, encoder_model)
+    for s, c in zip(summaries, compact):
+        s.name = c.name
+    return how, note
 
 
 def _insert_summaries(con, df: pd.DataFrame) -> None:

@@ -766,7 +766,7 @@ def default_threshold(encoder: str | None) -> float:
 
 def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None, k: int = 10,
         hash_distance: int | None = DEFAULT_HASH_DISTANCE, curve_thresholds: Sequence[float] = DEFAULT_CURVE_THRESHOLDS,
-        seed: int = 0, semdedup: bool = True, workers: int | None = None) -> dict:
+        seed: int = 0, semdedup: bool = True, workers: int | None = None, out_of_core: bool | None = None) -> dict:
     """Find exact/near-duplicate sets and leakage for a project and write the ``duplicates`` table.
 
     Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), samples (hash,
@@ -774,20 +774,44 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
     overrides), and computes perceptual hashes of the files (``hash_distance=None`` turns that off).  Samples
     without an embedding still join sets through their content hash.
 
+    ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): candidate pairs come from k-means
+    partitions over the shards (:func:`engine.analyses.scale.partitioned_near_duplicates`), and only the rows in
+    a pair or sharing a content hash are loaded for the set building below; perceptual hashes and the SemDeDup
+    curve are skipped on that path (both need every sample).
+
     Returns
     -------
     dict : the run summary (also stored in ``runs.summary``): counts, leakage pairs (top 100), SemDeDup curve.
     """
-    from indexes.graph import load_or_build_graph
+    from engine.shards import embedded_count, use_out_of_core
 
-    es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
-    threshold = float(default_threshold(es.encoder) if threshold is None else threshold)
-    if not 0.0 < threshold <= 1.0:
+    big = use_out_of_core(cat, encoder, out_of_core)
+    ooc_info: dict[str, Any] = {}
+    if big:
+        name = embedded_count(cat, encoder)[0]
+        threshold = float(default_threshold(name) if threshold is None else threshold)
+    if threshold is not None and not 0.0 < float(threshold) <= 1.0:
         raise CurateError(f"duplicate threshold must be in (0, 1], got {threshold}; try --threshold 0.9")
-    params = {"encoder": es.encoder, "threshold": threshold, "k": k, "hash_distance": hash_distance, "seed": seed}
+    if big:
+        es, ooc_info = _candidates_out_of_core(cat, encoder, threshold, seed)
+        graph, hash_distance, semdedup = None, None, False
+    else:
+        from indexes.graph import load_or_build_graph
+
+        es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
+    threshold = float(default_threshold(es.encoder) if threshold is None else threshold)
+    params = {"encoder": es.encoder, "threshold": threshold, "k": k, "hash_distance": hash_distance, "seed": seed,
+              "out_of_core": big}
     run_id = cat.start_run("duplicates", params)
     try:
-        samples = cat.samples("id, content_hash, path, width, height, split")
+        if big:  # only the candidates and the samples sharing a content hash, not 10^7 rows of paths
+            samples = cat.query_df(
+                """SELECT id, content_hash, path, width, height, split FROM samples
+                   WHERE id IN (SELECT unnest(?)) OR content_hash IN (
+                       SELECT content_hash FROM samples GROUP BY content_hash HAVING count(*) > 1)
+                   ORDER BY id""", [es.sample_ids.tolist()])
+        else:
+            samples = cat.samples("id, content_hash, path, width, height, split")
         ids = np.asarray(es.sample_ids, np.int64)
         info = samples.set_index("id").reindex(ids)
         phashes = valid = None
@@ -801,7 +825,9 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
         vectors, row_ids, hashes, members, exact = _attach_unembedded(es.vectors, ids, info, samples, sets)
         n = len(row_ids)
         info = samples.set_index("id").reindex(row_ids)
-        labels = cat.current_labels().set_index("sample_id").reindex(row_ids)["label"].tolist()
+        names, codes = cat.label_codes(row_ids)
+        names_arr = np.array(list(names) + [None], dtype=object)
+        labels = names_arr[codes].tolist()  # -1 -> None
         issue_ids = set()
         if cat.scalar("SELECT count(*) FROM label_issues WHERE is_issue"):
             issue_ids = {r[0] for r in cat.query("SELECT sample_id FROM label_issues WHERE is_issue")}
@@ -837,6 +863,8 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             ],
             "keeper_overrides": int(len(overrides)),
             "timing": sets.stats,
+            "out_of_core": big,
+            **({"candidates": ooc_info} if big else {}),
         }
         if semdedup and len(es.vectors) >= 2:
             summary["semdedup"] = semdedup_curve(es.vectors, curve_thresholds, seed=seed).to_dict()
@@ -845,6 +873,33 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
         cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
         raise
     return summary
+
+
+def _candidates_out_of_core(cat: Catalog, encoder: str | None, threshold: float, seed: int) -> tuple[Any, dict]:
+    """Rows that can be in a duplicate set of a project too large for memory, as a small :class:`EmbeddingSet`.
+
+    Every near pair at or above ``threshold`` found by the partitioned search, plus every embedded sample whose
+    content hash another sample shares; the set building of :func:`run` then runs on these rows alone (pairs
+    among them are recomputed exactly, so a pair the partitions missed between two candidates is still found).
+    """
+    from engine.analyses.scale import partitioned_near_duplicates
+    from engine.embed import EmbeddingSet
+    from engine.shards import ShardedEmbeddings
+
+    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
+    pairs = partitioned_near_duplicates(shards, threshold, seed=seed)
+    ids = shards.sample_ids()
+    hashed = cat.query_df("""SELECT id FROM samples WHERE content_hash IN (
+                                 SELECT content_hash FROM samples GROUP BY content_hash HAVING count(*) > 1)""")
+    order = np.argsort(ids, kind="stable")
+    hid = hashed["id"].to_numpy(np.int64)
+    pos = np.searchsorted(ids[order], hid)
+    ok = (pos < len(ids)) & (ids[order][np.minimum(pos, len(ids) - 1)] == hid)
+    rows = np.unique(np.concatenate([pairs.i, pairs.j, order[pos[ok]]]))
+    rows = rows[np.argsort(ids[rows], kind="stable")]  # EmbeddingSet rows are in ascending sample id
+    info = {"rows": int(len(ids)), "candidate_rows": int(len(rows)), "partition_pairs": int(len(pairs)),
+            "partitions": int(pairs.n_partitions), "seconds": pairs.seconds}
+    return EmbeddingSet(shards.encoder, ids[rows], shards.take(rows)), info
 
 
 def largest_sets(cat: Catalog, limit: int = 10) -> pd.DataFrame:

@@ -153,24 +153,7 @@ class LabelIssuesResult:
 
     def top_confused_pairs(self, top: int = 10) -> list[dict]:
         """The largest off-diagonal entries of the joint: (given, true) pairs confused most often."""
-        if not self.joint.size:
-            return []
-        n = int(self.is_labeled.sum())
-        J = self.joint.copy()
-        np.fill_diagonal(J, 0.0)
-        flat = np.argsort(-J, axis=None, kind="stable")[:top]
-        row_sums = self.joint.sum(axis=1)
-        out = []
-        for f in flat:
-            i, j = np.unravel_index(f, J.shape)
-            if J[i, j] <= 0:
-                break
-            out.append({
-                "given": _py(self.joint_classes[i]), "true": _py(self.joint_classes[j]),
-                "joint": float(J[i, j]), "estimated_count": int(round(J[i, j] * n)),
-                "rate_within_given": float(J[i, j] / row_sums[i]) if row_sums[i] > 0 else 0.0,
-            })
-        return out
+        return confused_pairs(self.joint, self.joint_classes, int(self.is_labeled.sum()), top)
 
     def summary(self, top_pairs: int = 10) -> dict:
         labeled = int(self.is_labeled.sum())
@@ -201,6 +184,36 @@ class LabelIssuesResult:
             "rank": self.rank[m].astype(np.int32),
         })
         return df.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def confused_pairs(joint: np.ndarray, classes: Sequence[Any], n_labeled: int, top: int = 10) -> list[dict]:
+    """The ``top`` largest off-diagonal entries of an estimated joint ``p(given, true)`` as summary records."""
+    if not joint.size:
+        return []
+    J = np.array(joint, dtype=np.float64)
+    np.fill_diagonal(J, 0.0)
+    flat = np.argsort(-J, axis=None, kind="stable")[:top]
+    row_sums = np.asarray(joint).sum(axis=1)
+    out = []
+    for f in flat:
+        i, j = np.unravel_index(f, J.shape)
+        if J[i, j] <= 0:
+            break
+        out.append({
+            "given": _py(classes[i]), "true": _py(classes[j]),
+            "joint": float(J[i, j]), "estimated_count": int(round(J[i, j] * n_labeled)),
+            "rate_within_given": float(J[i, j] / row_sums[i]) if row_sums[i] > 0 else 0.0,
+        })
+    return out
+
+
+def calibrated_joint(confident_joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+    """cleanlab's calibration: each given-class row rescaled to that class's count, then normalised to sum 1."""
+    cj = np.asarray(confident_joint, dtype=np.float64)
+    counts = np.asarray(label_counts, dtype=np.float64)
+    tot = cj.sum(axis=1)
+    cal = np.where(tot[:, None] > 0, cj / np.maximum(tot, 1.0)[:, None] * counts[:, None], np.diag(counts))
+    return cal / max(cal.sum(), 1.0)
 
 
 def _py(v: Any) -> Any:
@@ -596,13 +609,25 @@ def _imported_predictions(cat: Catalog, sample_ids: np.ndarray) -> tuple[np.ndar
     return out, names, ", ".join(sources)
 
 
-def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, **cfg: Any) -> dict:
+def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
+        **cfg: Any) -> dict:
     """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the summary.
 
     Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), the current labels
     (after live relabel decisions) and imported predictions; ``cfg`` goes to :func:`find_label_issues`.  When no
     embeddings exist but imported predictions cover every labeled sample, those alone are used.
+
+    ``out_of_core`` (None = decided by :func:`engine.shards.use_out_of_core`): take the streamed path
+    (:func:`run_out_of_core`) instead.
     """
+    from engine.shards import use_out_of_core
+
+    try:
+        big = use_out_of_core(cat, encoder, out_of_core)
+    except CurateError:
+        big = False  # no embeddings: the in-memory path reports it (or uses imported predictions)
+    if big:
+        return run_out_of_core(cat, encoder, k=k)
     labels_df = cat.current_labels()
     labeled_ids = labels_df.loc[labels_df["label"].notna(), "sample_id"].to_numpy(np.int64)
     es = graph = None
@@ -634,6 +659,72 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, **cfg: Any
         n_not_embedded = int(len(np.setdiff1d(labeled_ids, sample_ids)))
         summary = {"encoder": params["encoder"], **res.summary(), "n_unlabeled": int((~res.is_labeled).sum()),
                    "n_labeled_not_embedded": n_not_embedded, "predictions_source": pred_source}
+        cat.replace_analysis("label_issues", df, run_id, summary)
+    except BaseException as exc:
+        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},
+                       status="failed")
+        raise
+    return summary
+
+
+def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, block_rows: int = 65_536) -> dict:
+    """Label issues of a project too large for memory; writes the same ``label_issues`` table as :func:`run`.
+
+    The shared graph comes from :func:`indexes.graph.load_or_build_sharded_graph` (memory-mapped), the labels are
+    encoded inside DuckDB (:meth:`Catalog.label_codes`), and the scores are the kNN-vote probabilities streamed
+    twice through cleanlab's ``LabelInspector`` (:func:`engine.analyses.scale.label_issues_out_of_core`).  The
+    cross-validated linear probe and imported predictions are not used on this path (the probe needs every vector
+    in memory); the summary says ``"probabilities": "knn vote (out of core)"``.
+    """
+    from engine.analyses.scale import label_issues_out_of_core
+    from indexes.graph import load_or_build_sharded_graph
+
+    t0 = time.perf_counter()
+    shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
+    t_graph = time.perf_counter() - t0
+    ids = shards.sample_ids()
+    names, codes = cat.label_codes(ids)
+    if not names:
+        raise CurateError(f"no labeled samples among the {len(ids)} embedded ones; import labels first "
+                          "(`curate import-labels FILE.csv` or class folders at ingest)")
+    params = {"encoder": shards.encoder, "k": k, "out_of_core": True}
+    run_id = cat.start_run("label_issues", params)
+    try:
+        res = label_issues_out_of_core(graph.indices, graph.similarities, codes, len(names), block_rows=block_rows)
+        lab = np.flatnonzero(codes >= 0)
+        order = lab[np.lexsort((lab, res.label_quality[lab]))]  # rank 1 = most likely wrong; ties by row
+        df = pd.DataFrame({
+            "sample_id": ids[order],
+            "given_label": pd.Categorical.from_codes(codes[order], names),
+            "suggested_label": pd.Categorical.from_codes(res.suggested_label[order], names),
+            "suggested_confidence": res.suggested_confidence[order].astype(np.float64),
+            "label_quality": res.label_quality[order].astype(np.float64),
+            "is_issue": res.is_issue[order],
+            "rank": np.arange(1, len(order) + 1, dtype=np.int32),
+        })
+        counts = np.bincount(codes[lab], minlength=len(names))
+        joint = calibrated_joint(res.confident_joint, counts)
+        rates = res.noise_rates()
+        n_lab = int(len(lab))
+        agreement = float(np.mean(res.suggested_label[lab] == codes[lab]))
+        small = {names[c]: int(counts[c]) for c in range(len(names)) if counts[c] < 2}
+        summary = {
+            "encoder": shards.encoder, "out_of_core": True, "probabilities": "knn vote (out of core)",
+            "graph": {"method": graph.method, "recall": graph.recall, "cache": graph.cache},
+            "n_labeled": n_lab, "n_issues": int(res.is_issue.sum()),
+            "issue_fraction": float(res.is_issue.sum() / n_lab) if n_lab else 0.0,
+            "estimated_noise_rate": float(1.0 - np.trace(joint)),
+            "noise_rate_per_class": {names[c]: float(rates[c]) for c in range(len(names))},
+            "top_confused_pairs": confused_pairs(joint, names, n_lab),
+            "small_classes": small, "unverifiable_classes": [c for c, v in small.items() if v == 1],
+            "n_classes": len(names), "agreement_with_given": agreement,
+            "warnings": _warnings(agreement, float(1.0 - np.trace(joint)), {}, n_lab),
+            "n_unlabeled": int(len(ids) - n_lab), "n_labeled_not_embedded": int(cat.scalar(
+                f"SELECT count(*) FROM ({cat.CURRENT_LABELS_SQL}) cl WHERE cl.label IS NOT NULL AND cl.sample_id NOT IN "
+                "(SELECT e.sample_id FROM embedded e WHERE e.encoder = ?)", [shards.encoder])),
+            "predictions_source": None,
+            "timings": {"graph": round(t_graph, 3), **res.seconds, "total": round(time.perf_counter() - t0, 3)},
+        }
         cat.replace_analysis("label_issues", df, run_id, summary)
     except BaseException as exc:
         cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},

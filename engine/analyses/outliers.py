@@ -105,7 +105,12 @@ def find_outliers(knn_graph: Any, k: int | None = None, z_threshold: float = DEF
     >>> int(find_outliers(g).rank[2])
     1
     """
-    d = mean_neighbor_distance(knn_graph, k)
+    return outliers_from_distances(mean_neighbor_distance(knn_graph, k), z_threshold, t)
+
+
+def outliers_from_distances(d: np.ndarray, z_threshold: float = DEFAULT_Z, t: float = 1.0) -> OutlierResult:
+    """:func:`find_outliers` from precomputed mean neighbour distances (e.g. computed block by block)."""
+    d = np.asarray(d, dtype=np.float64)
     n = len(d)
     scaling = float(max(np.median(d) if n else 1.0, 100 * np.finfo(np.float64).eps))
     score = np.exp(-t * d / scaling)
@@ -125,20 +130,46 @@ def find_outliers(knn_graph: Any, k: int | None = None, z_threshold: float = DEF
                          distance_cutoff=cutoff)
 
 
-def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshold: float = DEFAULT_Z) -> dict:
-    """Score every embedded sample for outlierness and write the ``outliers`` table; returns the run summary."""
-    from indexes.graph import load_or_build_graph
+def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshold: float = DEFAULT_Z,
+        out_of_core: bool | None = None, block_rows: int = 262_144) -> dict:
+    """Score every embedded sample for outlierness and write the ``outliers`` table; returns the run summary.
+
+    ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): read the memory-mapped sharded graph
+    (:func:`indexes.graph.load_or_build_sharded_graph`) ``block_rows`` rows at a time; the scores are the same.
+    """
+    from engine.shards import use_out_of_core
 
     if k < 1:
         raise CurateError(f"outlier k must be >= 1, got {k}; try --k 10")
-    es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
-    run_id = cat.start_run("outliers", {"encoder": es.encoder, "k": k, "z_threshold": z_threshold})
+    big = use_out_of_core(cat, encoder, out_of_core)
+    if big:
+        from indexes.graph import load_or_build_sharded_graph
+
+        shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
+        name, ids = shards.encoder, shards.sample_ids()
+    else:
+        from indexes.graph import load_or_build_graph
+
+        es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
+        name, ids = es.encoder, np.asarray(es.sample_ids, np.int64)
+    run_id = cat.start_run("outliers", {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big})
     try:
-        res = find_outliers(graph, k=k, z_threshold=z_threshold)
-        df = pd.DataFrame({"sample_id": np.asarray(es.sample_ids, np.int64), "score": res.score.astype(float),
+        if big:
+            from types import SimpleNamespace
+
+            d = np.empty(graph.n, np.float64)
+            for s in range(0, graph.n, block_rows):
+                e = min(graph.n, s + block_rows)
+                d[s:e] = mean_neighbor_distance(SimpleNamespace(indices=graph.indices[s:e],
+                                                                similarities=graph.similarities[s:e]), k)
+            res = outliers_from_distances(d, z_threshold)
+        else:
+            res = find_outliers(graph, k=k, z_threshold=z_threshold)
+        df = pd.DataFrame({"sample_id": ids, "score": res.score.astype(float),
                            "is_outlier": res.is_outlier.astype(bool), "rank": res.rank.astype(np.int32)})
-        summary = {"encoder": es.encoder, "k": k, "z_threshold": z_threshold, **res.summary(),
-                   "top": df.sort_values("rank").head(20)[["sample_id", "score"]].to_dict("records")}
+        top = np.argsort(res.rank, kind="stable")[:20]
+        summary = {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big, **res.summary(),
+                   "top": [{"sample_id": int(ids[r]), "score": float(res.score[r])} for r in top]}
         cat.replace_analysis("outliers", df, run_id, summary)
     except BaseException as exc:
         cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")

@@ -49,6 +49,11 @@ class StreamedLabelIssues:
     suggested_confidence : float32 [n].
     num_issues : cleanlab's estimate of the number of label issues.
     confident_thresholds : float [n_classes] from pass 1.
+    confident_joint : int64 [n_classes, n_classes] counts (given, confidently predicted) of pass 2 (cleanlab's
+        confident joint: a row counts for the highest-probability class whose probability reaches that class's
+        threshold); rows whose probabilities reach no threshold are not counted.
+
+    Unlabeled rows (label -1) have ``label_quality`` NaN, ``is_issue`` False and still get a suggestion.
     """
 
     label_quality: np.ndarray
@@ -58,6 +63,13 @@ class StreamedLabelIssues:
     num_issues: int
     confident_thresholds: np.ndarray
     seconds: dict = field(default_factory=dict)
+    confident_joint: np.ndarray | None = None
+
+    def noise_rates(self) -> np.ndarray:
+        """Per given class: the fraction of its confidently-counted rows whose confident class is another one."""
+        cj = np.asarray(self.confident_joint, dtype=np.float64)
+        tot = cj.sum(axis=1)
+        return np.where(tot > 0, 1.0 - np.diag(cj) / np.maximum(tot, 1.0), 0.0)
 
     def ranked_issues(self) -> np.ndarray:
         """Row positions of the flagged rows, most likely wrong first (ties by row)."""
@@ -79,7 +91,8 @@ def label_issues_out_of_core(knn_indices: np.ndarray, knn_similarities: np.ndarr
     Parameters
     ----------
     knn_indices, knn_similarities : [n, k] arrays of the shared kNN graph (row positions, -1 padding).
-    labels : int [n] given class codes in ``0..n_classes-1``; every row must be labeled.
+    labels : int [n] given class codes in ``0..n_classes-1``, -1 for unlabeled rows (they vote for nobody and are
+        not scored).
     n_classes : number of classes.
     block_rows : rows per block (memory: ``block_rows x n_classes`` probabilities).
     prior_strength : smoothing of the kNN vote towards the class frequencies (see :func:`knn_vote_proba`).
@@ -97,9 +110,12 @@ def label_issues_out_of_core(knn_indices: np.ndarray, knn_similarities: np.ndarr
     n = len(labels)
     if knn_indices.shape[0] != n:
         raise ValueError(f"kNN graph has {knn_indices.shape[0]} rows but there are {n} labels")
-    if n and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be class codes in [0, {n_classes}); got {labels.min()}..{labels.max()}")
-    prior = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if n and (labels.min() < -1 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class codes in [0, {n_classes}) or -1; got {labels.min()}..{labels.max()}")
+    labeled = labels >= 0
+    if not labeled.any():
+        raise ValueError("no labeled row: label issues need given labels")
+    prior = np.bincount(labels[labeled], minlength=n_classes).astype(np.float64)
     prior /= max(prior.sum(), 1.0)
     inspector = LabelInspector(num_class=n_classes, store_results=True, verbose=False)
     timings = {}
@@ -112,28 +128,38 @@ def label_issues_out_of_core(knn_indices: np.ndarray, knn_similarities: np.ndarr
 
     t = time.perf_counter()
     for s, e in _blocks(n, block_rows):  # pass 1: per-class confident thresholds
+        m = labeled[s:e]
+        if not m.any():
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            inspector.update_confident_thresholds(labels[s:e], probs(s, e))
+            inspector.update_confident_thresholds(labels[s:e][m], probs(s, e)[m])
     timings["pass1"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    quality = np.empty(n, np.float32)
+    quality = np.full(n, np.nan, np.float32)
     suggested = np.empty(n, np.int64)
     confidence = np.empty(n, np.float32)
-    for s, e in _blocks(n, block_rows):  # pass 2: scores and the issue count
+    thresholds = np.asarray(inspector.get_confident_thresholds(silent=True), dtype=np.float64)
+    cj = np.zeros((n_classes, n_classes), np.int64)
+    for s, e in _blocks(n, block_rows):  # pass 2: scores, the issue count and the confident joint
         P = probs(s, e)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quality[s:e] = inspector.score_label_quality(labels[s:e], P)
+        m = labeled[s:e]
+        if m.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quality[s:e][m] = inspector.score_label_quality(labels[s:e][m], P[m])
+            above = np.where(P[m] >= thresholds[None, :] - 1e-6, P[m], -np.inf)
+            counted = np.isfinite(above).any(axis=1)
+            np.add.at(cj, (labels[s:e][m][counted], above[counted].argmax(axis=1)), 1)
         suggested[s:e] = P.argmax(axis=1)
         confidence[s:e] = P[np.arange(e - s), suggested[s:e]]
     num_issues = int(inspector.get_num_issues(silent=True))
+    # the inspector numbers the labeled rows in the order they were streamed
     issue_rows = inspector.get_label_issues() if num_issues else np.empty(0, np.int64)
     is_issue = np.zeros(n, bool)
-    is_issue[np.asarray(issue_rows, dtype=np.int64)] = True
+    is_issue[np.flatnonzero(labeled)[np.asarray(issue_rows, dtype=np.int64)]] = True
     timings["pass2"] = round(time.perf_counter() - t, 3)
-    res = StreamedLabelIssues(quality, is_issue, suggested, confidence, num_issues,
-                              np.asarray(inspector.get_confident_thresholds(silent=True)), timings)
+    res = StreamedLabelIssues(quality, is_issue, suggested, confidence, num_issues, thresholds, timings, cj)
     if out_dir is not None:
         if sample_ids is None:
             raise ValueError("sample_ids are needed to write Parquet parts")
