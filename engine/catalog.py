@@ -62,6 +62,17 @@ def fault_pause(variable: str, what: str) -> None:
         time.sleep(seconds)
 
 
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file, read in ``chunk``-byte pieces (shards, indexes, graphs, doctor)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -438,6 +449,16 @@ class Catalog:
                 [run_id, kind, json.dumps(params or {}, default=str), code_version(), utcnow()],
             )
         return int(run_id)
+
+    @contextlib.contextmanager
+    def failing_run(self, run_id: int) -> Iterator[None]:
+        """Inside: the work of run ``run_id``; an exception marks the run failed (its first line kept) and goes on."""
+        try:
+            yield
+        except BaseException as exc:
+            self.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},
+                            status="failed")
+            raise
 
     def finish_run(self, run_id: int, summary: dict | None = None, status: str = "ok", con=None) -> None:
         sql = (

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from engine.catalog import SCHEMA_VERSION, Catalog
-from engine.embed import _sha256_file
+from engine.catalog import SCHEMA_VERSION, Catalog, sha256_file
 
 
 @dataclass
@@ -85,7 +84,7 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                     for name in files:
                         p = os.path.abspath(os.path.join(dirpath, name))
                         try:
-                            h = _sha256_file(Path(p))
+                            h = sha256_file(Path(p))
                         except OSError:
                             continue
                         if h in wanted and h not in found:

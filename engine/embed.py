@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, utcnow
+from engine.catalog import Catalog, CurateError, sha256_file, utcnow
 
 log = logging.getLogger("curate.embed")
 
@@ -153,14 +153,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def encoder_lock(cat: Catalog, encoder: str) -> Iterator[Path]:
     """Exclusive lock on an encoder's shard folder (one writer per encoder; others fail fast)."""
@@ -220,7 +212,7 @@ def shard_problem(folder: Path, shard: str, n: int, sha256: str) -> str | None:
     path, ids_path = folder / f"{shard}.npy", folder / f"{shard}.ids.npy"
     if not path.is_file():
         return f"{path.name} is missing"
-    if _sha256_file(path) != sha256:
+    if sha256_file(path) != sha256:
         return f"{path.name} is corrupt (checksum mismatch)"
     try:
         ids = np.load(ids_path, allow_pickle=False)
@@ -434,7 +426,7 @@ def load_embeddings(cat: Catalog, encoder: str | None = None, verify: bool = Tru
             raise CurateError(f"catalog rows point to unrecorded shard {path}; {_recompute_hint(name)}")
         if not path.is_file():
             raise CurateError(f"embedding shard {path} is missing; {_recompute_hint(name)}")
-        if verify and _sha256_file(path) != shards.loc[shard, "sha256"]:
+        if verify and sha256_file(path) != shards.loc[shard, "sha256"]:
             raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {_recompute_hint(name)}")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -668,22 +660,34 @@ def embed_project(
             return name
         params = {"encoder": name, "batch_size": batch_size, "device": str(dev), "workers": workers,
                   "rebuild": rebuild, "todo": len(items)}
-        run_id = cat.start_run("embed", params)
-        report.run_id = run_id
         t0 = time.perf_counter()
-        try:
-            if enc is None:
-                enc = get_encoder(name, device=dev)
+
+        def body(run_id: int) -> None:
+            model = enc
+            if model is None:
+                model = get_encoder(name, device=dev)
                 report.model_load_seconds = time.perf_counter() - t0
-            _run_pipeline(cat, enc, items, batch_size, workers, shard_size, progress, report, run_id)
-        except BaseException:
-            report.seconds = time.perf_counter() - t0
-            with contextlib.suppress(Exception):
-                cat.finish_run(run_id, report.as_dict(), status="failed")
-            raise
-        report.seconds = time.perf_counter() - t0
-        cat.finish_run(run_id, report.as_dict())
+            _run_pipeline(cat, model, items, batch_size, workers, shard_size, progress, report, run_id)
+
+        embed_run(cat, params, report, body)
     return name
+
+
+def embed_run(cat: Catalog, params: dict, report: EmbedReport, body: Callable[[int], None]) -> None:
+    """One ``embed`` run record around ``body(run_id)``: timed, finished with the report, failed on any exception
+    (shared by the local, synthetic and Ray pipelines)."""
+    run_id = cat.start_run("embed", params)
+    report.run_id = run_id
+    t0 = time.perf_counter()
+    try:
+        body(run_id)
+    except BaseException:
+        report.seconds = time.perf_counter() - t0
+        with contextlib.suppress(Exception):
+            cat.finish_run(run_id, report.as_dict(), status="failed")
+        raise
+    report.seconds = time.perf_counter() - t0
+    cat.finish_run(run_id, report.as_dict())
 
 
 def _run_pipeline(cat, enc, items, batch_size, workers, shard_size, progress, report, run_id) -> None:

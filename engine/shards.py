@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.catalog import Catalog, CurateError
+from engine.catalog import Catalog, CurateError, sha256_file
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,6 @@ def _unit(block: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     out /= np.maximum(norms, 1e-12)
     return out
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -134,7 +126,7 @@ class ShardedEmbeddings:
             path = folder / f"{shard}.npy"
             if not path.is_file():
                 raise CurateError(f"embedding shard {path} is missing; {fix}")
-            if verify and _sha256_file(path) != sha:
+            if verify and sha256_file(path) != sha:
                 raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {fix}")
             rows = None
             if n_live != int(n):

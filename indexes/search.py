@@ -151,6 +151,17 @@ def load_or_build_index(cat: Catalog, encoder: str | None = None, factory: str =
 OOC_INDEX_DIR = "index-ooc"
 
 
+def _saved_index(directory: str | os.PathLike, rebuild: bool) -> tuple[tuple[Any, IndexMeta] | None, str]:
+    """``(loaded index and meta, or None; what a build would be called)`` for the index saved in ``directory``."""
+    if rebuild:
+        return None, "rebuilt: requested"
+    try:
+        return load_index(directory), "built"
+    except CorruptIndexError as exc:
+        log.warning("search index in %s is corrupt, rebuilding: %s", directory, exc)
+        return None, f"rebuilt: corrupt index ({exc})"
+
+
 def load_or_build_sharded_index(cat: Catalog, encoder: str | None = None, factory: str = "auto", *,
                                 memory_budget_bytes: int | None = None,
                                 target_recall: float = DEFAULT_TARGET_RECALL, seed: int = 0,
@@ -172,21 +183,13 @@ def load_or_build_sharded_index(cat: Catalog, encoder: str | None = None, factor
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     directory = index_dir(cat.root, shards.encoder) / OOC_INDEX_DIR
     key = shards.content_key()
-    status = "built"
-    if rebuild:
-        status = "rebuilt: requested"
-    else:
-        try:
-            loaded = load_index(directory)
-        except CorruptIndexError as exc:
-            log.warning("out-of-core search index is corrupt, rebuilding: %s", exc)
-            loaded, status = None, f"rebuilt: corrupt file ({exc})"
-        if loaded is not None:
-            index, meta = loaded
-            if meta.content_key == key and meta.requested_factory == factory:
-                set_search_params(index, meta.search_params)
-                return ProjectIndex(index, meta, ShardRows(shards), "loaded")
-            status = "rebuilt: embeddings or factory changed"
+    loaded, status = _saved_index(directory, rebuild)
+    if loaded is not None:
+        index, meta = loaded
+        if meta.content_key == key and meta.requested_factory == factory:
+            set_search_params(index, meta.search_params)
+            return ProjectIndex(index, meta, ShardRows(shards), "loaded")
+        status = "rebuilt: embeddings or factory changed"
     t0 = time.perf_counter()
     six = build_sharded_index(shards, factory, seed=seed, memory_budget_bytes=memory_budget_bytes)
     recall = tune_sharded(six, shards, RECALL_K, target_recall, RECALL_QUERIES, seed)
@@ -237,16 +240,7 @@ def index_for_embeddings(directory: str | os.PathLike, encoder: str, sample_ids:
         raise CurateError("no embeddings to index; run `curate embed` first")
     key = content_key(ids, X)
     wanted = ("IDMap," + choose_factory(len(X), X.shape[1], memory_budget_bytes)) if factory == "auto" else None
-    reason = "built"
-    loaded = None
-    if rebuild:
-        reason = "rebuilt: requested"
-    else:
-        try:
-            loaded = load_index(directory)
-        except CorruptIndexError as exc:
-            log.warning("search index is corrupt, rebuilding: %s", exc)
-            reason = f"rebuilt: corrupt index ({exc})"
+    loaded, reason = _saved_index(directory, rebuild)
     if loaded is not None:
         index, meta = loaded
         if meta.encoder != encoder or meta.dim != X.shape[1] or meta.requested_factory != factory:

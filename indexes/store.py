@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.catalog import fault_pause
+from engine.catalog import fault_pause, sha256_file
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -60,13 +60,7 @@ def index_dir(project_root: str | os.PathLike, encoder: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------- digests
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in ``chunk``-byte pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # SHA-256 hex digest of a file (the one implementation is in engine.catalog)
 
 
 def content_key(sample_ids: np.ndarray, vectors: np.ndarray, rows: np.ndarray | None = None) -> str:
@@ -218,6 +212,16 @@ def _read_meta(path: Path, cls: type) -> Any:
     return meta
 
 
+def _verified(directory: str | os.PathLike, meta_name: str, cls: type, file_name: str) -> tuple[Any, Path] | None:
+    """``(metadata, data file path)`` once the file's SHA-256 matches its metadata; None when nothing is saved."""
+    meta = _read_meta(Path(directory) / meta_name, cls)
+    if meta is None:
+        return None
+    path = Path(directory) / file_name
+    _check_file(path, meta.sha256)
+    return meta, path
+
+
 def _check_file(path: Path, expected_sha256: str) -> None:
     if not path.exists():
         raise CorruptIndexError(f"{path} is missing but its metadata exists")
@@ -265,12 +269,10 @@ def load_index(directory: str | os.PathLike) -> tuple[Any, IndexMeta] | None:
     """
     import faiss
 
-    directory = Path(directory)
-    meta = read_index_meta(directory)
-    if meta is None:
+    found = _verified(directory, INDEX_META, IndexMeta, INDEX_FILE)
+    if found is None:
         return None
-    path = directory / INDEX_FILE
-    _check_file(path, meta.sha256)
+    meta, path = found
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
@@ -319,12 +321,10 @@ def load_graph(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], Gra
     CorruptIndexError
         Unreadable metadata, checksum mismatch, or arrays that disagree with the metadata.
     """
-    directory = Path(directory)
-    meta = read_graph_meta(directory)
-    if meta is None:
+    found = _verified(directory, GRAPH_META, GraphMeta, GRAPH_FILE)
+    if found is None:
         return None
-    path = directory / GRAPH_FILE
-    _check_file(path, meta.sha256)
+    meta, path = found
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in ("indices", "similarities", "sample_ids")}

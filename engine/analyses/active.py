@@ -809,7 +809,7 @@ def run(
               "exclude_outliers": exclude_outliers, "outlier_score_threshold": outlier_score_threshold,
               "near_duplicate_similarity": near_duplicate_similarity}
     run_id = cat.start_run("query", params)
-    try:
+    with cat.failing_run(run_id):
         names_, codes = cat.label_codes(ids)
         labels = pd.Series(np.array(list(names_) + [None], dtype=object)[codes], index=ids)  # -1 -> None
         labeled = labels.notna().to_numpy()
@@ -875,9 +875,6 @@ def run(
                 cat.append_rows("queries", rows, con=con)
             summary["batch_id"] = batch_id
             cat.finish_run(run_id, summary, con=con)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
-        raise
     files: list[Path] = []
     if export and batch_id is not None:
         files = export_batch(cat, batch_id, url_prefix=url_prefix)

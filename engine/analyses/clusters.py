@@ -804,7 +804,7 @@ def run(
     params = {"encoder": enc_name, "k": k, "method": method, "seed": seed, "min_cluster_size": min_cluster_size,
               "out_of_core": big}
     run_id = cat.start_run("clusters", params)
-    try:
+    with cat.failing_run(run_id):
         if big:
             result, xy, fit_emb = _cluster_out_of_core(shards, k, seed, sample_size)
         else:
@@ -865,9 +865,6 @@ def run(
             cat.append_rows("clusters", clusters_df, con=con)
             _insert_summaries(con, summ_df)
             cat.finish_run(run_id, summary, con=con)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
-        raise
     return ClusterRun(run_id=run_id, encoder=enc_name, method=method, k=result.k, n=len(ids), n_noise=result.n_noise,
                       map_method=xy.method, naming=naming, seconds=time.perf_counter() - t0, summary=summary)
 

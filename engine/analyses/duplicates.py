@@ -803,7 +803,7 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
     params = {"encoder": es.encoder, "threshold": threshold, "k": k, "hash_distance": hash_distance, "seed": seed,
               "out_of_core": big}
     run_id = cat.start_run("duplicates", params)
-    try:
+    with cat.failing_run(run_id):
         if big:  # only the candidates and the samples sharing a content hash, not 10^7 rows of paths
             samples = cat.query_df(
                 """SELECT id, content_hash, path, width, height, split FROM samples
@@ -869,9 +869,6 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
         if semdedup and len(es.vectors) >= 2:
             summary["semdedup"] = semdedup_curve(es.vectors, curve_thresholds, seed=seed).to_dict()
         cat.replace_analysis("duplicates", table, run_id, summary)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
-        raise
     return summary
 
 

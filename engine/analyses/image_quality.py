@@ -392,7 +392,7 @@ def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | N
         raise CurateError("the project has no samples; run `curate ingest FOLDER` first")
     side = int(max_side or working_side(samples["width"], samples["height"]))
     run_id = cat.start_run("image_quality", {"config": asdict(cfg), "recompute": recompute, "max_side": side})
-    try:
+    with cat.failing_run(run_id):
         known = cat.query_df("SELECT sample_id FROM image_stats")
         todo = samples if recompute else samples[~samples["id"].isin(known["sample_id"])]
         stats_list, errors = compute_statistics(todo["path"].tolist(), workers=workers, max_side=side,
@@ -418,9 +418,6 @@ def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | N
             "cutoffs": issues.attrs.get("cutoffs", {}),
         }
         cat.replace_analysis("image_issues", issues, run_id, summary)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
-        raise
     return summary
 
 

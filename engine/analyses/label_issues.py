@@ -652,7 +652,7 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     params = {"encoder": es.encoder if es is not None else None, "k": k, **cfg,
               "predictions": pred_source}
     run_id = cat.start_run("label_issues", params)
-    try:
+    with cat.failing_run(run_id):
         res = find_label_issues(vectors, labels, knn_graph=graph, pred_probs=pred_probs, pred_class_names=pred_names,
                                 k=k, **cfg)
         df = res.to_frame(sample_ids)
@@ -660,10 +660,6 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
         summary = {"encoder": params["encoder"], **res.summary(), "n_unlabeled": int((~res.is_labeled).sum()),
                    "n_labeled_not_embedded": n_not_embedded, "predictions_source": pred_source}
         cat.replace_analysis("label_issues", df, run_id, summary)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},
-                       status="failed")
-        raise
     return summary
 
 
@@ -689,7 +685,7 @@ def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K
                           "(`curate import-labels FILE.csv` or class folders at ingest)")
     params = {"encoder": shards.encoder, "k": k, "out_of_core": True}
     run_id = cat.start_run("label_issues", params)
-    try:
+    with cat.failing_run(run_id):
         res = label_issues_out_of_core(graph.indices, graph.similarities, codes, len(names), block_rows=block_rows)
         lab = np.flatnonzero(codes >= 0)
         order = lab[np.lexsort((lab, res.label_quality[lab]))]  # rank 1 = most likely wrong; ties by row
@@ -726,10 +722,6 @@ def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K
             "timings": {"graph": round(t_graph, 3), **res.seconds, "total": round(time.perf_counter() - t0, 3)},
         }
         cat.replace_analysis("label_issues", df, run_id, summary)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},
-                       status="failed")
-        raise
     return summary
 
 

@@ -153,7 +153,7 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshol
         es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
         name, ids = es.encoder, np.asarray(es.sample_ids, np.int64)
     run_id = cat.start_run("outliers", {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big})
-    try:
+    with cat.failing_run(run_id):
         if big:
             from types import SimpleNamespace
 
@@ -171,9 +171,6 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshol
         summary = {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big, **res.summary(),
                    "top": [{"sample_id": int(ids[r]), "score": float(res.score[r])} for r in top]}
         cat.replace_analysis("outliers", df, run_id, summary)
-    except BaseException as exc:
-        cat.finish_run(run_id, {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}, status="failed")
-        raise
     return summary
 
 

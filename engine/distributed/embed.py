@@ -39,6 +39,7 @@ from engine.catalog import Catalog, CurateError
 from engine.embed import (
     FLUSH_SECONDS,
     EmbedReport,
+    embed_run,
     _reason,
     _todo,
     drop_embeddings,
@@ -231,21 +232,6 @@ def _prepare(cat: Catalog, name: str, rebuild: bool, report: EmbedReport) -> lis
     return items
 
 
-def _run(cat: Catalog, name: str, params: dict, report: EmbedReport, body: Callable[[int], None]) -> None:
-    run_id = cat.start_run("embed", params)
-    report.run_id = run_id
-    t0 = time.perf_counter()
-    try:
-        body(run_id)
-    except BaseException:
-        report.seconds = time.perf_counter() - t0
-        with contextlib.suppress(Exception):
-            cat.finish_run(run_id, report.as_dict(), status="failed")
-        raise
-    report.seconds = time.perf_counter() - t0
-    cat.finish_run(run_id, report.as_dict())
-
-
 def embed_project_ray(cat: Catalog, encoder: str = "auto", address: str | None = None, *,
                       workers: int | None = None, batch_size: int | None = None, device: str = "auto",
                       rebuild: bool = False, shard_size: int | None = None, report: EmbedReport | None = None,
@@ -318,7 +304,7 @@ def embed_project_ray(cat: Catalog, encoder: str = "auto", address: str | None =
                         print(f"embed {name}: {report.embedded}/{len(items)} committed", file=sys.stderr)
                 writer.flush(final=True)
 
-            _run(cat, name, params, report, body)
+            embed_run(cat, params, report, body)
     return name
 
 
@@ -355,7 +341,7 @@ def embed_synthetic(cat: Catalog, config: Any, *, ray_address: str | None = None
             report.device = "local"
             udf = SyntheticVectors(config)
             batches = (udf({"sample_id": ids[s:s + batch_size]}) for s in range(0, len(ids), batch_size))
-            _run(cat, name, {"encoder": name, "todo": len(ids), "ray": None}, report,
+            embed_run(cat, {"encoder": name, "todo": len(ids), "ray": None}, report,
                  lambda run_id: consume(batches, run_id))
             return name
         from engine.distributed.cluster import ray_session
@@ -365,7 +351,7 @@ def embed_synthetic(cat: Catalog, config: Any, *, ray_address: str | None = None
             report.device = f"ray:{n_actors} CPU actors"
             frame = pd.DataFrame({"sample_id": ids})
             batches = _ray_batches(ray, frame, SyntheticVectors, (config,), shard_size, batch_size, n_actors, 0, cpus)
-            _run(cat, name, {"encoder": name, "todo": len(ids), "ray": ray_address or "default",
+            embed_run(cat, {"encoder": name, "todo": len(ids), "ray": ray_address or "default",
                              "workers": n_actors}, report, lambda run_id: consume(batches, run_id))
     return name
 
