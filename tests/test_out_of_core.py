@@ -140,7 +140,8 @@ def test_out_of_core_analyses_agree_with_in_memory(labeled_synthetic):
     assert big["out"]["flagged"] == mem["out"]["flagged"]
     # duplicates: the same sets, including the content-hash copy
     assert big["members"] == mem["members"] and frozenset(ids[10:12].tolist()) in big["members"]
-    assert big["dup"]["candidates"]["candidate_rows"] < N
+    assert big["dup"]["candidates"]["candidate_rows"] < N and big["dup"]["samples"] == mem["dup"]["samples"] == N
+    assert big["dup"]["leakage_pairs"] == mem["dup"]["leakage_pairs"]
     # clusters: every row assigned, purity close to the in-memory k-means
     assert sum(big["sizes"]) == N and big["cl"].k == 10
     assert abs(big["cl"].summary["weighted_purity"] - mem["cl"].summary["weighted_purity"]) < 0.05

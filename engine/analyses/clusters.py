@@ -796,7 +796,7 @@ def run(
         X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
     enc_name = shards.encoder if big else emb.encoder
     if len(ids) == 0:
-        raise CurateError(f"embedding set {emb.encoder} holds no vectors; run `curate embed` first")
+        raise CurateError(f"embedding set {enc_name} holds no vectors; run `curate embed` first")
     if method not in METHODS:
         raise CurateError(f"unknown clustering method {method!r}; use --method kmeans or --method hdbscan")
     if k is not None and not 1 <= k <= len(ids):
@@ -844,7 +844,7 @@ def run(
         summary = {
             "encoder": enc_name,
             "out_of_core": big,
-            **({"k_chosen_on_sample": int(fit_emb)} if big else {}),
+            **({"kmeans_fitted_on_sample": int(fit_emb)} if big else {}),
             "method": method,
             "k": result.k,
             "n": int(len(ids)),

@@ -848,7 +848,7 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             "encoder": es.encoder,
             "threshold": threshold,
             "hash_distance": hash_distance,
-            "samples": n,
+            "samples": (int(ooc_info["rows"]) + n - len(ids)) if big else n,  # out of core: all rows, not candidates
             "sets": full.n_sets,
             "exact_sets": int(sum(exact)),
             "near_sets": int(len(exact) - sum(exact)),
