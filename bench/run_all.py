@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["embed", "knn", "label_issues", "duplicates", "clusters", "active", "ui", "scale"]
+ORDER = ["embed", "knn", "label_issues", "duplicates", "clusters", "active", "ui", "scale", "scale_cli"]
 
 
 def main() -> int:

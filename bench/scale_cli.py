@@ -15,6 +15,7 @@ Usage::
 
     python bench/scale_cli.py                    # N = 1,000,000 (~25 min on 2 cores)
     python bench/scale_cli.py --n 100000 --modes out-of-core
+    python bench/scale_cli.py --quick            # N = 20,000 (~4 min)
 
 Writes bench/results/scale_cli.json (``--n`` other than 1M: scale_cli_<n>.json) and prints a table.
 """
@@ -152,11 +153,14 @@ def quality(project: Path, step: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="N = 20,000")
     ap.add_argument("--modes", default="out-of-core,in-memory")
     ap.add_argument("--steps", default=",".join(COMMANDS))
     ap.add_argument("--timeout", type=float, default=3600.0, help="per-command limit (seconds)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n = 20_000
     base = Path(args.workdir or tempfile.mkdtemp(prefix="curate-bench-cli-"))
     base.mkdir(parents=True, exist_ok=True)
     project = base / f"n{args.n}"
