@@ -150,6 +150,34 @@ def quality(project: Path, step: str) -> dict:
     return {}
 
 
+def report(rows: list[dict], n: int, setup_s: dict, final: bool) -> Path:
+    """Print the table (when ``final``) and write the JSON (after every command, so a stopped run keeps its rows)."""
+    ratios = {}
+    for step in COMMANDS:
+        a = [r for r in rows if r["step"] == step and r["mode"] == "out-of-core" and r["status"] == "ok"]
+        b = [r for r in rows if r["step"] == step and r["mode"] == "in-memory" and r["status"] == "ok"]
+        if a and b:
+            ratios[step] = {"time_ooc_over_mem": round(a[0]["seconds"] / max(b[0]["seconds"], 1e-3), 2),
+                            "peak_ooc_over_mem": round(a[0]["peak_mb"] / max(b[0]["peak_mb"], 1e-3), 2)}
+    if final:
+        print(f"\n`curate` commands at N = {n:,} (64-d synthetic vectors, 100 classes; each command its own process)")
+        print(f"{'step':<11} {'mode':<12} {'seconds':>9} {'peak MB':>9}  quality")
+        for r in rows:
+            q = {k: v for k, v in r.items() if k not in ("n", "step", "mode", "status", "seconds", "peak_mb", "output")}
+            print(f"{r['step']:<11} {r['mode']:<12} {r['seconds']:>9} {r.get('peak_mb', '-'):>9}  "
+                  f"{r['status'] if r['status'] != 'ok' else q}")
+        print("out-of-core / in-memory:", json.dumps(ratios))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("scale_cli.json" if n == 1_000_000 else f"scale_cli_{n}.json")
+    out.write_text(json.dumps({
+        "benchmark": "scale_cli", "n": n, "setup_seconds": setup_s, "results": rows, "ratios": ratios,
+        "complete": final,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "note": "each `curate` command is a fresh process; peak MB = that process's max RSS (wait4)",
+    }, indent=2))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -173,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             setup_s = {"reused": True}
         print(f"    setup {setup_s}", file=sys.stderr, flush=True)
-        for mode in args.modes.split(","):
-            for step in args.steps.split(","):
+        for step in args.steps.split(","):  # both modes per step: a stopped run still has complete pairs
+            for mode in args.modes.split(","):
                 flag = "--out-of-core" if mode == "out-of-core" else "--in-memory"
                 print(f"... {step} {flag}", file=sys.stderr, flush=True)
                 rec = {"n": args.n, "step": step, "mode": mode,
@@ -186,31 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                     rec["output"] = tail  # the command's own report: factory, recall@10, graph method
                 print(f"    {rec}", file=sys.stderr, flush=True)
                 rows.append(rec)
+                report(rows, args.n, setup_s, final=False)
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\n`curate` commands at N = {args.n:,} (64-d synthetic vectors, 100 classes; each command its own process)")
-    print(f"{'step':<11} {'mode':<12} {'seconds':>9} {'peak MB':>9}  quality")
-    for r in rows:
-        q = {k: v for k, v in r.items() if k not in ("n", "step", "mode", "status", "seconds", "peak_mb", "output",
-                                                     "output_tail")}
-        print(f"{r['step']:<11} {r['mode']:<12} {r['seconds']:>9} {r.get('peak_mb', '-'):>9}  "
-              f"{r['status'] if r['status'] != 'ok' else q}")
-    ratios = {}
-    for step in COMMANDS:
-        a = [r for r in rows if r["step"] == step and r["mode"] == "out-of-core" and r["status"] == "ok"]
-        b = [r for r in rows if r["step"] == step and r["mode"] == "in-memory" and r["status"] == "ok"]
-        if a and b:
-            ratios[step] = {"time_ooc_over_mem": round(a[0]["seconds"] / max(b[0]["seconds"], 1e-3), 2),
-                            "peak_ooc_over_mem": round(a[0]["peak_mb"] / max(b[0]["peak_mb"], 1e-3), 2)}
-    print("out-of-core / in-memory:", json.dumps(ratios))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("scale_cli.json" if args.n == 1_000_000 else f"scale_cli_{args.n}.json")
-    out.write_text(json.dumps({
-        "benchmark": "scale_cli", "n": args.n, "setup_seconds": setup_s, "results": rows, "ratios": ratios,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "note": "each `curate` command is a fresh process; peak MB = that process's max RSS (wait4)",
-    }, indent=2))
+    out = report(rows, args.n, setup_s, final=True)
     print(f"wrote {out}")
     return 0
 
