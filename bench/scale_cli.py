@@ -71,9 +71,20 @@ def setup(project: Path, n: int) -> dict:
         con.unregister("_labels")
     t_labels = time.perf_counter() - t1
     t2 = time.perf_counter()
-    embed_synthetic(cat, cfg, batch_size=8192, shard_size=int(min(262_144, max(8192, n // 8))))
+    batch = 8192
+    embed_synthetic(cat, cfg, batch_size=batch, shard_size=int(min(262_144, max(batch, (n // 8) // batch * batch))))
     return {"samples_s": round(t_samples, 2), "labels_s": round(t_labels, 2),
             "embed_s": round(time.perf_counter() - t2, 2)}
+
+
+def _complete(project: Path, n: int) -> bool:
+    """Whether ``project`` holds a finished setup: n samples, all embedded."""
+    if not (project / "catalog.duckdb").exists():
+        return False
+    from engine.catalog import open_project
+
+    cat = open_project(project)
+    return cat.scalar("SELECT count(*) FROM samples") == n and cat.scalar("SELECT count(*) FROM embedded") == n
 
 
 COMMANDS = {
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     project = base / f"n{args.n}"
     rows: list[dict] = []
     try:
-        if not (project / "catalog.duckdb").exists():
+        if not _complete(project, args.n):  # set up (again) unless a complete setup is there
             shutil.rmtree(project, ignore_errors=True)
             print(f"... setting up {args.n:,} samples", file=sys.stderr, flush=True)
             setup_s = setup(project, args.n)
