@@ -7,6 +7,8 @@ sample unlabeled) and N synthetic 64-d vectors (``engine.distributed.synthetic``
 runs twice: ``--out-of-core`` (shards + memory-mapped graph) and ``--in-memory`` (the laptop path, the baseline),
 and reports wall time, the process's peak RSS (``wait4``) and the quality against the planted truth:
 
+Peak MB is the command process's own high-water RSS (``VmHWM``), imports and the open catalog included.
+
 * labels: precision / recall of the flagged samples vs the planted wrong labels;
 * duplicates: recall of the planted near-copy pairs (cosine ~0.9995; threshold 0.998);
 * index: recall@10 measured by the command; cluster: weighted purity; query: batch size.
@@ -88,7 +90,7 @@ def _complete(project: Path, n: int) -> bool:
 
 
 COMMANDS = {
-    "index": ["index"],
+    "index": ["index", "--rebuild"],
     "labels": ["audit", "labels"],
     "outliers": ["audit", "outliers"],
     "duplicates": ["audit", "duplicates", "--threshold", str(DUP_THRESHOLD), "--hash-distance", "-1",
@@ -98,9 +100,25 @@ COMMANDS = {
 }
 
 
+# The command runs under this wrapper, which reports the process's own high-water RSS (VmHWM) at exit.  (wait4's
+# ru_maxrss is no good here: Linux carries the forking parent's peak into the child, so every child would report
+# at least the driver's RSS.)
+_WRAP = """
+import atexit, sys
+def _hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            sys.stderr.write('CURATE_BENCH_VMHWM_KB ' + line.split()[1] + '\\n')
+atexit.register(_hwm)
+sys.argv = ['curate'] + sys.argv[1:]
+from engine.cli import main
+main()
+"""
+
+
 def run_cli(args: list[str], timeout: float) -> dict:
-    """One `curate` command in its own process: wall seconds, peak RSS (MB) from wait4, exit status."""
-    cmd = [sys.executable, "-m", "engine.cli", *args]
+    """One `curate` command in its own process: wall seconds, its peak RSS (MB, VmHWM), exit status."""
+    cmd = [sys.executable, "-c", _WRAP, *args]
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -119,9 +137,12 @@ def run_cli(args: list[str], timeout: float) -> dict:
     log.seek(0)
     out = log.read().decode(errors="replace")
     rc = os.waitstatus_to_exitcode(status)
-    rec = {"status": "ok" if rc == 0 else f"failed (exit {rc}): " + (out.strip().splitlines() or ["?"])[-1][:200],
-           "seconds": round(seconds, 2), "peak_mb": round(usage.ru_maxrss / 1024, 1)}
-    rec["output_tail"] = out.strip().splitlines()[-3:]
+    hwm = [ln for ln in out.splitlines() if ln.startswith("CURATE_BENCH_VMHWM_KB ")]
+    lines = [ln for ln in out.strip().splitlines() if not ln.startswith("CURATE_BENCH_VMHWM_KB ")]
+    rec = {"status": "ok" if rc == 0 else f"failed (exit {rc}): " + (lines or ["?"])[-1][:200],
+           "seconds": round(seconds, 2),
+           "peak_mb": round(int(hwm[-1].split()[1]) / 1024, 1) if hwm else None}
+    rec["output_tail"] = lines[-3:]
     return rec
 
 
@@ -169,7 +190,8 @@ def report(rows: list[dict], n: int, setup_s: dict, final: bool) -> Path:
         b = [r for r in rows if r["step"] == step and r["mode"] == "in-memory" and r["status"] == "ok"]
         if a and b:
             ratios[step] = {"time_ooc_over_mem": round(a[0]["seconds"] / max(b[0]["seconds"], 1e-3), 2),
-                            "peak_ooc_over_mem": round(a[0]["peak_mb"] / max(b[0]["peak_mb"], 1e-3), 2)}
+                            "peak_ooc_over_mem": round(a[0]["peak_mb"] / max(b[0]["peak_mb"] or 1e-3, 1e-3), 2)
+                            if a[0]["peak_mb"] else None}
     if final:
         print(f"\n`curate` commands at N = {n:,} (64-d synthetic vectors, 100 classes; each command its own process)")
         print(f"{'step':<11} {'mode':<12} {'seconds':>9} {'peak MB':>9}  quality")
@@ -184,7 +206,7 @@ def report(rows: list[dict], n: int, setup_s: dict, final: bool) -> Path:
         "benchmark": "scale_cli", "n": n, "setup_seconds": setup_s, "results": rows, "ratios": ratios,
         "complete": final,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "note": "each `curate` command is a fresh process; peak MB = that process's max RSS (wait4)",
+        "note": "each `curate` command is a fresh process; peak MB = that process's VmHWM at exit",
     }, indent=2))
     return out
 
