@@ -20,7 +20,8 @@ dedup          k-means partitions (~2,000 rows), exact pairs >= 0.998 inside eac
                recall of the planted near-duplicate pairs
 =============  ==============================================================================================
 
-Peak memory: ``peak MB`` is the stage process's max RSS (``resource.getrusage``); for Ray stages ``tree MB`` is
+Peak memory: ``peak MB`` is the stage process's own high-water RSS (``VmHWM`` in /proc/self/status; results up to
+2026-12-01 used ``getrusage`` maxrss, which Linux never reports below the RSS of the forking driver); for Ray stages ``tree MB`` is
 the peak of the summed RSS of the driver and every Ray process it started (sampled every 0.2 s from /proc; shared
 pages counted once per process, so it over-states).  ``f32 MB`` is what the N x 64 float32 matrix alone would take —
 the in-memory pipeline's floor, which these stages never allocate.  Time growth per stage is the exponent b of a
@@ -93,6 +94,18 @@ def _tree_rss_mb(root_pid: int) -> float:
     return total / 2**20
 
 
+def _status_mb(field: str) -> float:
+    """``VmHWM`` (this process's peak RSS since exec) or ``VmRSS`` from /proc/self/status, in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class TreeSampler:
     def __init__(self, interval: float = 0.2):
         self.peak, self.interval = 0.0, interval
@@ -140,7 +153,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
     sampler = TreeSampler() if use_ray else None
     if sampler:
         sampler.__enter__()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = _status_mb("VmRSS")
     t0 = time.perf_counter()
     try:
         if name == "embed":
@@ -201,8 +214,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
         seconds = time.perf_counter() - t0
         if sampler:
             sampler.__exit__()
-    out.update(seconds=round(seconds, 2), peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               rss_at_start_mb=round(rss0, 1))
+    out.update(seconds=round(seconds, 2), peak_mb=round(_status_mb("VmHWM"), 1), rss_at_start_mb=round(rss0, 1))
     if sampler:
         out["tree_peak_mb"] = round(sampler.peak, 1)
     if use_ray:
