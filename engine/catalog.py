@@ -73,6 +73,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def verified_sha256(path: str | os.PathLike) -> str:
+    """:func:`sha256_file` for checksum verification, remembered per process while the file's identity, size and
+    modification time are unchanged: every analysis of one audit verifies the same shards, and re-hashing gigabytes
+    per step is repeated I/O.  A file rewritten or modified in any way is hashed again."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = sha256_file(path)
+    return digest
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -547,12 +562,13 @@ class Catalog:
             con.execute(f"CREATE TEMP TABLE _cur AS SELECT sample_id, label FROM ({self.CURRENT_LABELS_SQL}) "
                         "WHERE label IS NOT NULL")
             names = [r[0] for r in con.execute("SELECT DISTINCT label FROM _cur ORDER BY label").fetchall()]
+            con.register("_label_codes", pd.DataFrame({"label": pd.Series(names, dtype=object),
+                                                       "code": np.arange(len(names), dtype=np.int64)}))
             codes = con.execute(
-                """WITH c AS (SELECT label, row_number() OVER (ORDER BY label) - 1 AS code
-                              FROM (SELECT DISTINCT label FROM _cur))
-                   SELECT coalesce(c.code, -1) AS code FROM _label_rows r
-                   LEFT JOIN _cur ON _cur.sample_id = r.sample_id LEFT JOIN c ON c.label = _cur.label
+                """SELECT coalesce(c.code, -1) AS code FROM _label_rows r
+                   LEFT JOIN _cur ON _cur.sample_id = r.sample_id LEFT JOIN _label_codes c ON c.label = _cur.label
                    ORDER BY r.pos""").fetchnumpy()["code"]
+            con.unregister("_label_codes")
             con.unregister("_label_rows")
         return names, np.asarray(codes, dtype=np.int64)
 

@@ -104,7 +104,7 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                     "rerun with --repair --search DIR to find moved files by content hash")
 
     # ------------------------------------------------------------------ embedding shards
-    from engine.embed import drop_bad_shards, embeddings_dir, remove_orphan_shards, shard_problem
+    from engine.embed import drop_bad_shards, embeddings_dir, recompute_hint, remove_orphan_shards, shard_problem
 
     for (encoder,) in cat.query("SELECT encoder FROM embedding_sets ORDER BY encoder"):
         folder = embeddings_dir(cat, encoder)
@@ -112,15 +112,11 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                    "SELECT shard, n, sha256 FROM embedding_shards WHERE encoder = ? ORDER BY shard", [encoder])
                if (p := shard_problem(folder, shard, n, sha))]
         if bad:
-            from engine.encoders import is_builtin_name  # loads torch: only when there is something to say
-
             if repair:
                 drop_bad_shards(cat, encoder)  # only those shards: their samples are embedded again next run
-            again = (f"run `curate embed --encoder {encoder}`" if is_builtin_name(encoder)
-                     else f"import them again with `curate import-embeddings FILE --encoder {encoder}`")
             rep.add(f"embeddings {encoder}", "error",
                     f"{len(bad)} bad shard(s): {', '.join(bad[:3])}"
-                    + (f"; dropped, {again} to recompute their vectors" if repair else ""),
+                    + (f"; dropped, {recompute_hint(encoder)}" if repair else ""),
                     repaired=repair)
             continue
         recorded = {s for (s,) in cat.query("SELECT shard FROM embedding_shards WHERE encoder = ?", [encoder])}

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, sha256_file, utcnow
+from engine.catalog import Catalog, CurateError, utcnow, verified_sha256
 
 log = logging.getLogger("curate.embed")
 
@@ -212,7 +212,7 @@ def shard_problem(folder: Path, shard: str, n: int, sha256: str) -> str | None:
     path, ids_path = folder / f"{shard}.npy", folder / f"{shard}.ids.npy"
     if not path.is_file():
         return f"{path.name} is missing"
-    if sha256_file(path) != sha256:
+    if verified_sha256(path) != sha256:
         return f"{path.name} is corrupt (checksum mismatch)"
     try:
         ids = np.load(ids_path, allow_pickle=False)
@@ -381,7 +381,7 @@ def _resolve_stored_encoder(cat: Catalog, encoder: str | None) -> str:
                       f"run `curate embed --encoder {encoder}` to compute them")
 
 
-def _recompute_hint(name: str) -> str:
+def recompute_hint(name: str) -> str:
     """How to get an encoder's vectors back, for error messages (imports the encoders, i.e. torch: errors only)."""
     from engine.encoders import is_builtin_name
 
@@ -423,22 +423,22 @@ def load_embeddings(cat: Catalog, encoder: str | None = None, verify: bool = Tru
     for shard, group in rows.groupby("shard", sort=True):
         path = folder / f"{shard}.npy"
         if shard not in shards.index:
-            raise CurateError(f"catalog rows point to unrecorded shard {path}; {_recompute_hint(name)}")
+            raise CurateError(f"catalog rows point to unrecorded shard {path}; {recompute_hint(name)}")
         if not path.is_file():
-            raise CurateError(f"embedding shard {path} is missing; {_recompute_hint(name)}")
-        if verify and sha256_file(path) != shards.loc[shard, "sha256"]:
-            raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {_recompute_hint(name)}")
+            raise CurateError(f"embedding shard {path} is missing; {recompute_hint(name)}")
+        if verify and verified_sha256(path) != shards.loc[shard, "sha256"]:
+            raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {recompute_hint(name)}")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             shard_ids = np.load(folder / f"{shard}.ids.npy", allow_pickle=False)
         except Exception as exc:
-            raise CurateError(f"cannot read embedding shard {path} ({str(exc).splitlines()[0][:120]}); {_recompute_hint(name)}") from exc
+            raise CurateError(f"cannot read embedding shard {path} ({str(exc).splitlines()[0][:120]}); {recompute_hint(name)}") from exc
         if arr.ndim != 2 or arr.shape != (int(shards.loc[shard, "n"]), dim) or shard_ids.shape != (arr.shape[0],):
             raise CurateError(f"embedding shard {path} has shape {arr.shape}, expected "
-                              f"({int(shards.loc[shard, 'n'])}, {dim}); {_recompute_hint(name)}")
+                              f"({int(shards.loc[shard, 'n'])}, {dim}); {recompute_hint(name)}")
         r = group["row"].to_numpy(np.int64)
         if not np.array_equal(shard_ids[r], group["sample_id"].to_numpy(np.int64)):
-            raise CurateError(f"embedding shard ids {folder / (shard + '.ids.npy')} disagree with the catalog; {_recompute_hint(name)}")
+            raise CurateError(f"embedding shard ids {folder / (shard + '.ids.npy')} disagree with the catalog; {recompute_hint(name)}")
         pos = np.searchsorted(ids, group["sample_id"].to_numpy(np.int64))
         out[pos] = arr[r]
     norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.catalog import Catalog, CurateError, sha256_file
+from engine.catalog import Catalog, CurateError, verified_sha256
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class ShardedEmbeddings:
         ------
         CurateError : no embeddings, or a missing/corrupt shard (the message names the file and the fix).
         """
-        from engine.embed import _resolve_stored_encoder, embeddings_dir
+        from engine.embed import _resolve_stored_encoder, embeddings_dir, recompute_hint
 
         name = _resolve_stored_encoder(cat, encoder)
         dim = int(cat.scalar("SELECT dim FROM embedding_sets WHERE encoder = ?", [name]))
@@ -117,7 +117,6 @@ class ShardedEmbeddings:
                WHERE e.encoder = ? GROUP BY e.shard""", [name])
         live_n = dict(live)
         folder = embeddings_dir(cat, name)
-        fix = f"run `curate embed --encoder {name} --rebuild` to recompute them"
         shards = []
         for shard, n, sha in recorded:
             n_live = int(live_n.get(shard, 0))
@@ -125,9 +124,9 @@ class ShardedEmbeddings:
                 continue
             path = folder / f"{shard}.npy"
             if not path.is_file():
-                raise CurateError(f"embedding shard {path} is missing; {fix}")
-            if verify and sha256_file(path) != sha:
-                raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {fix}")
+                raise CurateError(f"embedding shard {path} is missing; {recompute_hint(name)}")
+            if verify and verified_sha256(path) != sha:
+                raise CurateError(f"embedding shard {path} is corrupt (checksum mismatch); {recompute_hint(name)}")
             rows = None
             if n_live != int(n):
                 df = cat.query_df(
@@ -136,7 +135,7 @@ class ShardedEmbeddings:
                 rows = df["row"].to_numpy(np.int64)
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             if arr.ndim != 2 or arr.shape != (int(n), dim):
-                raise CurateError(f"embedding shard {path} has shape {arr.shape}, expected ({int(n)}, {dim}); {fix}")
+                raise CurateError(f"embedding shard {path} has shape {arr.shape}, expected ({int(n)}, {dim}); {recompute_hint(name)}")
             shards.append(Shard(shard, path, folder / f"{shard}.ids.npy", int(n), str(sha), rows))
         if not shards:
             raise CurateError(f"no live embeddings for encoder {name} in {cat.root}; run `curate embed`")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -186,30 +185,24 @@ def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int
 
     from engine.shards import ShardedEmbeddings
     from indexes.sharded import sharded_knn_graph
-    from indexes.store import _check_file, _read_meta, _write_json_atomic, file_sha256
+    from indexes.store import load_mapped_graph, read_graph_meta, seal_mapped_graph
 
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     folder = index_dir(cat.root, shards.encoder) / OOC_DIR
     key = shards.content_key()
     reason = "rebuilt: requested" if rebuild else "built"
-    if not rebuild and (folder / "knn_graph.json").exists():
+    if not rebuild:
         try:
-            meta = _read_meta(folder / "knn_graph.json", GraphMeta)
-            if meta.content_key != key:
+            meta = read_graph_meta(folder)  # cheap checks first, checksums only for a graph that would be used
+            if meta is not None and (meta.content_key != key or meta.n != len(shards)):
                 reason = "rebuilt: embeddings changed"
-            elif meta.k < k:
+            elif meta is not None and meta.k < k:
                 reason = f"rebuilt: cached graph has k={meta.k} < {k}"
-            else:
-                sums = dict(item.split("=", 1) for item in meta.sha256.split(";"))
-                arrays = {}
-                for name in ("knn_indices", "knn_similarities", "sample_ids"):
-                    _check_file(folder / f"{name}.npy", sums[name])
-                    arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-                if arrays["knn_indices"].shape != (meta.n, meta.k) or meta.n != len(shards):
-                    raise CorruptIndexError(f"{folder}: array shapes do not match the metadata")
+            elif meta is not None and (loaded := load_mapped_graph(folder)) is not None:
+                arrays, meta = loaded
                 g = KnnGraph(arrays["knn_indices"], arrays["knn_similarities"], meta.method, meta.recall, cache="hit")
                 return shards, g.truncate(k)
-        except (CorruptIndexError, KeyError, ValueError, OSError) as exc:
+        except CorruptIndexError as exc:
             log.warning("out-of-core kNN graph cache is unusable, rebuilding: %s", exc)
             reason = f"rebuilt: corrupt cache ({exc})"
     tmp = folder.with_name(f".{OOC_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -219,12 +212,9 @@ def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int
         method, recall = g.method, None if g.recall is None else float(g.recall)
         del g  # drop the writable maps (flushed by sharded_knn_graph)
         np.save(tmp / "sample_ids.npy", shards.sample_ids())
-        sums = ";".join(f"{name}={file_sha256(tmp / f'{name}.npy')}"
-                        for name in ("knn_indices", "knn_similarities", "sample_ids"))
-        graph_meta = GraphMeta(encoder=shards.encoder, n=len(shards), k=k, method=method, recall=recall,
-                               build_seconds=round(time.perf_counter() - t0, 3),
-                               catalog_version=cat.version_token(), content_key=key, sha256=sums)
-        _write_json_atomic(tmp / "knn_graph.json", asdict(graph_meta))
+        seal_mapped_graph(tmp, GraphMeta(encoder=shards.encoder, n=len(shards), k=k, method=method, recall=recall,
+                                         build_seconds=round(time.perf_counter() - t0, 3),
+                                         catalog_version=cat.version_token(), content_key=key))
         old = folder.with_name(f".{OOC_DIR}.old.{uuid.uuid4().hex[:8]}")
         if folder.exists():
             os.replace(folder, old)
@@ -235,6 +225,4 @@ def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int
         raise
     arrays = {n_: np.load(folder / f"{n_}.npy", mmap_mode="r", allow_pickle=False)
               for n_ in ("knn_indices", "knn_similarities")}
-    meta = _read_meta(folder / "knn_graph.json", GraphMeta)
-    return shards, KnnGraph(arrays["knn_indices"], arrays["knn_similarities"], meta.method, meta.recall,
-                            cache=reason)
+    return shards, KnnGraph(arrays["knn_indices"], arrays["knn_similarities"], method, recall, cache=reason)

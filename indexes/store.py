@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.catalog import fault_pause, sha256_file
+from engine.catalog import fault_pause, sha256_file, verified_sha256
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -225,7 +225,7 @@ def _verified(directory: str | os.PathLike, meta_name: str, cls: type, file_name
 def _check_file(path: Path, expected_sha256: str) -> None:
     if not path.exists():
         raise CorruptIndexError(f"{path} is missing but its metadata exists")
-    actual = file_sha256(path)
+    actual = verified_sha256(path)
     if actual != expected_sha256:
         raise CorruptIndexError(f"{path}: checksum mismatch (file {actual[:12]}..., "
                                 f"metadata {expected_sha256[:12]}...)")
@@ -330,7 +330,49 @@ def load_graph(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], Gra
             arrays = {name: data[name] for name in ("indices", "similarities", "sample_ids")}
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptIndexError(f"{path}: cannot read the graph arrays ({exc})") from exc
-    if arrays["indices"].shape != (meta.n, meta.k) or arrays["similarities"].shape != (meta.n, meta.k) \
-            or arrays["sample_ids"].shape != (meta.n,):
-        raise CorruptIndexError(f"{path}: array shapes do not match the metadata (n={meta.n}, k={meta.k})")
+    _check_graph_shapes(path, meta, arrays["indices"], arrays["similarities"], arrays["sample_ids"])
+    return arrays, meta
+
+
+def _check_graph_shapes(where: Path, meta: GraphMeta, indices: np.ndarray, similarities: np.ndarray,
+                        sample_ids: np.ndarray) -> None:
+    if indices.shape != (meta.n, meta.k) or similarities.shape != (meta.n, meta.k) or sample_ids.shape != (meta.n,):
+        raise CorruptIndexError(f"{where}: array shapes do not match the metadata (n={meta.n}, k={meta.k})")
+
+
+# --------------------------------------------------------------------------------------------------- mapped graph
+MAPPED_GRAPH_ARRAYS = ("knn_indices", "knn_similarities", "sample_ids")
+
+
+def seal_mapped_graph(directory: str | os.PathLike, meta: GraphMeta) -> GraphMeta:
+    """Record the checksums of a memory-mappable graph written into ``directory`` (``knn_indices.npy``,
+    ``knn_similarities.npy``, ``sample_ids.npy``) in ``meta.sha256`` and write its metadata (``knn_graph.json``)."""
+    directory = Path(directory)
+    meta.sha256 = ";".join(f"{name}={sha256_file(directory / f'{name}.npy')}" for name in MAPPED_GRAPH_ARRAYS)
+    _write_json_atomic(directory / GRAPH_META, asdict(meta))
+    return meta
+
+
+def load_mapped_graph(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], GraphMeta] | None:
+    """The arrays of a graph sealed by :func:`seal_mapped_graph`, as read-only memory maps, after verifying every
+    file's SHA-256 and shape; None when ``directory`` holds none.
+
+    Raises
+    ------
+    CorruptIndexError
+        Unreadable metadata, a missing or changed file, or shapes that disagree with the metadata.
+    """
+    directory = Path(directory)
+    meta = read_graph_meta(directory)
+    if meta is None:
+        return None
+    try:
+        sums = dict(item.split("=", 1) for item in meta.sha256.split(";"))
+        arrays = {}
+        for name in MAPPED_GRAPH_ARRAYS:
+            _check_file(directory / f"{name}.npy", sums[name])
+            arrays[name] = np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    except (KeyError, ValueError, OSError) as exc:
+        raise CorruptIndexError(f"{directory}: cannot read the mapped graph ({exc})") from exc
+    _check_graph_shapes(directory, meta, *(arrays[name] for name in MAPPED_GRAPH_ARRAYS))
     return arrays, meta
