@@ -1,10 +1,14 @@
 """`curate` command line: each command is a few lines calling the Python API.
 
-Errors derived from :class:`engine.catalog.CurateError` are printed as one line (no traceback) with exit code 2.
+Errors are one line, no traceback: a usage error (unknown command or option, bad value) prints Click's usage line
+and ``error: ...`` with exit code 2; a :class:`engine.catalog.CurateError` prints ``error: ...`` with exit code 1;
+any other exception prints its type and message and the file its full traceback was written to, exit code 1
+(the global ``--debug`` option or ``CURATE_DEBUG=1`` prints the traceback instead).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,16 +18,49 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.catalog import DEFAULT_PROJECT, CurateError, init_project, open_project
+from engine.progress import enabled as progress_enabled
+from engine.progress import shown
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
-audit_app = typer.Typer(no_args_is_help=False, help="Run analyses and print their summaries.")
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
+audit_app = typer.Typer(no_args_is_help=False, help="Run analyses and print their summaries.\n\n"
+                        "Example: curate audit all -p my-project")
 app.add_typer(audit_app, name="audit")
 console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
 
 ProjectOpt = typer.Option(DEFAULT_PROJECT, "--project", "-p", help="Project workspace folder.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars (they are also off when stderr is not a "
+                        "terminal; CURATE_PROGRESS=1 forces plain progress lines).")
 OocOpt = typer.Option(None, "--out-of-core/--in-memory",
                       help="Shard-by-shard analyses that never hold all vectors, or the in-memory ones "
                            "(default: out of core above 2,000,000 vectors, CURATE_OUT_OF_CORE_MIN_N).")
+
+
+# The commands a newcomer needs, in order (`curate` without arguments prints them; tests parse every one).
+GETTING_STARTED = [
+    ("curate demo", "try it first: a small dataset with planted errors, the full audit, the UI"),
+    ("curate ingest FOLDER -p PROJECT", "1. your images (class folders, a CSV/Parquet manifest, or unlabeled)"),
+    ("curate audit all -p PROJECT", "2. embed, kNN graph, label issues, duplicates, outliers, quality, clusters"),
+    ("curate ui -p PROJECT", "3. review the findings and decide: keep, relabel, remove, merge"),
+    ("curate export -p PROJECT -f csv -f imagefolder", "4. the cleaned dataset and a changes report"),
+]
+_DEBUG = False
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Print the full traceback of an unexpected error "
+                                     "(also CURATE_DEBUG=1).")):
+    """Curate: find and fix label errors, duplicates and outliers in image datasets."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+        console.print("[bold]Getting started[/]")
+        width = max(len(c) for c, _ in GETTING_STARTED)
+        for cmd, what in GETTING_STARTED:
+            console.print(f"  {cmd.ljust(width)}  {what}", highlight=False, markup=False)
+        console.print("`curate COMMAND --help` shows a command's options and an example.\n", markup=False)
+        console.print(ctx.get_help(), markup=False, highlight=False)
+        raise typer.Exit(0)
 
 
 def _print_df(df, title: str | None = None, max_rows: int = 20) -> None:
@@ -44,7 +81,10 @@ def _fmt(v) -> str:
 # ------------------------------------------------------------------------------------------- foundation
 @app.command()
 def init(directory: Path = typer.Argument(Path(DEFAULT_PROJECT), help="Folder for the new project.")):
-    """Create a project workspace (catalog.duckdb, embeddings/, indexes/, thumbnails/, exports/)."""
+    """Create a project workspace (catalog.duckdb, embeddings/, indexes/, thumbnails/, exports/).
+
+    Example: curate init my-project
+    """
     cat = init_project(directory)
     console.print(f"project ready at {cat.root} (schema v{cat.schema_version()})")
 
@@ -55,18 +95,25 @@ def ingest(
     project: Path = ProjectOpt,
     kind: str = typer.Option("auto", help="auto | imagefolder | manifest | unlabeled"),
     split: Optional[str] = typer.Option(None, help="Split to assign when the layout has none (train/val/test)."),
+    quiet: bool = QuietOpt,
 ):
-    """Ingest images into the catalog (idempotent: re-ingesting the same files is a no-op)."""
+    """Ingest images into the catalog (idempotent: re-ingesting the same files is a no-op).
+
+    Example: curate ingest path/to/imagefolder -p my-project
+    """
     from engine.ingest import ingest as do_ingest
 
     cat = open_project(project, create=True)
-    report = do_ingest(cat, source, kind=kind, split=split, progress=True)
+    report = do_ingest(cat, source, kind=kind, split=split, progress=progress_enabled(quiet))
     report.print(console)
 
 
 @app.command()
 def status(project: Path = ProjectOpt):
-    """Print what the project holds: samples, classes, quarantine, analyses that ran."""
+    """Print what the project holds: samples, classes, quarantine, analyses that ran.
+
+    Example: curate status -p my-project
+    """
     from engine.report import print_status
 
     print_status(open_project(project), console)
@@ -82,7 +129,10 @@ def demo(
     encoder: str = typer.Option("auto", help="Encoder for the embeddings (auto picks CLIP when its weights are local)."),
     size: Optional[int] = typer.Option(None, help="Use a seeded subset of this many digits (100..1797) for a quicker run."),
 ):
-    """Build the embedded demo dataset, run the full audit, print measured scores, then open the UI."""
+    """Build the embedded demo dataset, run the full audit, print measured scores, then open the UI.
+
+    Example: curate demo --size 300 --no-ui
+    """
     from engine.demo import run_demo
 
     run_demo(project, data_dir=data, seed=seed, encoder=encoder, console=console, n_digits=size)
@@ -96,7 +146,10 @@ def doctor(
     repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without losing data."),
     search: list[Path] = typer.Option([], "--search", help="Folder(s) to look in for moved image files (by content hash)."),
 ):
-    """Check the workspace: schema, interrupted runs, missing files, shard/index checksums, staleness, orphans."""
+    """Check the workspace: schema, interrupted runs, missing files, shard/index checksums, staleness, orphans.
+
+    Example: curate doctor -p my-project --repair
+    """
     from engine.doctor import check
 
     rep = check(open_project(project), repair=repair, search_roots=search)
@@ -136,8 +189,12 @@ def embed(
                                       help="Run the encoders on a Ray cluster: bare --ray = Ray's default "
                                       "(RAY_ADDRESS / the cluster on this machine / a new local instance); or "
                                       "local, auto, ray://head:10001.  --workers then = encoder actors."),
+    quiet: bool = QuietOpt,
 ):
-    """Embed every sample that has no vector yet (resumable; several encoders can coexist)."""
+    """Embed every sample that has no vector yet (resumable; several encoders can coexist).
+
+    Example: curate embed -p my-project --encoder effnet-lite0
+    """
     from engine.embed import EmbedReport, embed_project
 
     rep = EmbedReport(encoder=encoder)
@@ -146,9 +203,9 @@ def embed(
 
         embed_project_ray(open_project(project), encoder=encoder, address=None if ray == "default" else ray,
                           workers=workers,
-                          batch_size=batch_size, device=device, rebuild=rebuild, report=rep, progress=True)
+                          batch_size=batch_size, device=device, rebuild=rebuild, report=rep, progress=not quiet)
     else:
-        embed_project(open_project(project), encoder=encoder, batch_size=batch_size, device=device, progress=True,
+        embed_project(open_project(project), encoder=encoder, batch_size=batch_size, device=device, progress=not quiet,
                       workers=workers, rebuild=rebuild, report=rep)
     if rep.run_id is not None:  # something was embedded (embed_project already said when all was up to date)
         console.print(f"{rep.encoder}: {rep.embedded} embedded ({rep.images_per_s:.1f} img/s on {rep.device}), "
@@ -159,7 +216,10 @@ def embed(
 
 @app.command()
 def encoders():
-    """List the built-in encoders and whether their weights are available on this machine."""
+    """List the built-in encoders and whether their weights are available on this machine.
+
+    Example: curate encoders
+    """
     from engine.encoders import available_encoders, explain_auto
 
     for info in available_encoders():
@@ -176,7 +236,10 @@ def import_embeddings_cmd(
     encoder: Optional[str] = typer.Option(None, help="Name for the imported set (default: byo:<file stem>)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="File naming the rows (ids or paths), if not next to FILE."),
 ):
-    """Import your own embeddings (stored like `curate embed` output)."""
+    """Import your own embeddings (stored like `curate embed` output).
+
+    Example: curate import-embeddings vectors.npz -p my-project
+    """
     from engine.byo import import_embeddings
 
     rep = import_embeddings(open_project(project), file, encoder=encoder, ids_file=ids)
@@ -188,7 +251,10 @@ def import_predictions_cmd(
     file: Path = typer.Argument(..., help="Parquet/CSV (sample_id|path + one column per class) or .npz (probs, ids|paths, class_names)."),
     project: Path = ProjectOpt,
 ):
-    """Import per-sample class probabilities from your own model (used by label-issue detection)."""
+    """Import per-sample class probabilities from your own model (used by label-issue detection).
+
+    Example: curate import-predictions probs.csv -p my-project
+    """
     from engine.byo import import_predictions
 
     rep = import_predictions(open_project(project), file)
@@ -206,21 +272,26 @@ def index(
     k: int = typer.Option(10, "-k", "--k", help="Neighbours per sample in the kNN graph."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Ignore saved files and rebuild both."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Build or refresh the search index and the shared kNN graph; print what they are and their recall."""
+    """Build or refresh the search index and the shared kNN graph; print what they are and their recall.
+
+    Example: curate index -p my-project -k 10
+    """
     from engine.shards import use_out_of_core
     from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
     from indexes.search import load_or_build_index
 
     cat = open_project(project)
     big = use_out_of_core(cat, encoder, out_of_core)
-    pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=True, out_of_core=big)
+    show = progress_enabled(quiet)
+    pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=show, out_of_core=big)
     if big:
         _, graph = load_or_build_sharded_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild)
         console.print(f"out of core: {pix.meta.n_vectors} vectors read shard by shard "
                       f"(threshold: CURATE_OUT_OF_CORE_MIN_N, --out-of-core/--in-memory)")
     else:
-        _, graph = load_or_build_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild, progress=True)
+        _, graph = load_or_build_graph(cat, pix.embeddings.encoder, k=k, rebuild=rebuild, progress=show)
     m = pix.meta
     console.print(f"search index ({pix.status}): {m.n_vectors} x {m.dim} {m.factory} {m.search_params or '(exact)'}, "
                   f"recall@10 {m.recall_at_10:.3f}, built in {m.build_seconds:.1f}s")
@@ -236,7 +307,10 @@ def search(
     k: int = typer.Option(10, "-k", "--k", help="Number of results."),
     encoder: Optional[str] = typer.Option(None, help="Embedding set to search (default: the most recent)."),
 ):
-    """Similarity search: top-k sample ids, cosine scores and paths."""
+    """Similarity search: top-k sample ids, cosine scores and paths.
+
+    Example: curate search -p my-project --sample 42 -k 10
+    """
     from indexes.search import search_image, search_sample, search_text
 
     if sum(q is not None for q in (image, sample, text)) != 1:
@@ -261,14 +335,18 @@ def audit_all(
     cluster_k: Optional[int] = typer.Option(None, "--cluster-k", help="Number of clusters (default: chosen by a silhouette sweep)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failing step instead of reporting it and going on."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """The full audit: embed -> kNN graph -> label issues, duplicates, outliers, image quality, clusters, query."""
+    """The full audit: embed -> kNN graph -> label issues, duplicates, outliers, image quality, clusters, query.
+
+    Example: curate audit all -p my-project
+    """
     from engine.pipeline import run_audit
     from engine.report import print_status
 
     cat = open_project(project)
     timings = run_audit(cat, encoder=encoder, k=k, console=console, strict=strict, cluster_k=cluster_k,
-                        out_of_core=out_of_core)
+                        out_of_core=out_of_core, progress=progress_enabled(quiet))
     print_status(cat, console)
     if any(t["status"] == "failed" for t in timings.values()):
         raise typer.Exit(1)
@@ -283,12 +361,18 @@ def audit_labels(
     method: str = typer.Option("self_confidence", help="Label quality score: self_confidence | normalized_margin."),
     seed: int = typer.Option(0, help="Seed of the fold split."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Find probably-wrong labels (confident learning on out-of-sample probe + kNN probabilities)."""
+    """Find probably-wrong labels (confident learning on out-of-sample probe + kNN probabilities).
+
+    Example: curate audit labels -p my-project --top 20
+    """
     from engine.analyses import label_issues
 
     cat = open_project(project)
-    s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed, out_of_core=out_of_core)
+    with shown("label issues", progress_enabled(quiet)) as progress:
+        s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed, out_of_core=out_of_core,
+                             progress=progress)
     console.print(f"{s['n_issues']} of {s['n_labeled']} labeled samples flagged; estimated label noise "
                   f"{s['estimated_noise_rate']:.1%} ({s['encoder'] or 'imported predictions'})", markup=False)
     noisiest = sorted(s["noise_rate_per_class"].items(), key=lambda kv: -kv[1])[:5]
@@ -317,13 +401,19 @@ def audit_duplicates(
     seed: int = typer.Option(0, help="Seed of the SemDeDup k-means partitions."),
     semdedup: bool = typer.Option(True, "--semdedup/--no-semdedup", help="Also compute the SemDeDup pruning curve."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Exact + near-duplicate sets with proposed keepers, train/test leakage and the SemDeDup pruning curve."""
+    """Exact + near-duplicate sets with proposed keepers, train/test leakage and the SemDeDup pruning curve.
+
+    Example: curate audit duplicates -p my-project --threshold 0.95
+    """
     from engine.analyses import duplicates
 
     cat = open_project(project)
-    s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
-                       hash_distance=None if hash_distance < 0 else hash_distance, out_of_core=out_of_core)
+    with shown("duplicates", progress_enabled(quiet)) as progress:
+        s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
+                           hash_distance=None if hash_distance < 0 else hash_distance, out_of_core=out_of_core,
+                           progress=progress)
     hd = "off" if s["hash_distance"] is None else f"<= {s['hash_distance']}"
     console.print(f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
                   f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
@@ -351,12 +441,17 @@ def audit_outliers(
     k: int = typer.Option(10, help="Neighbours averaged for the score."),
     z: float = typer.Option(3.5, help="Robust z-score of log kNN distance above which a sample is flagged."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Out-of-distribution scores from the kNN graph (lower = more outlying) and the flagged outliers."""
+    """Out-of-distribution scores from the kNN graph (lower = more outlying) and the flagged outliers.
+
+    Example: curate audit outliers -p my-project
+    """
     from engine.analyses import outliers
 
     cat = open_project(project)
-    s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z, out_of_core=out_of_core)
+    with shown("outliers", progress_enabled(quiet)) as progress:
+        s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z, out_of_core=out_of_core, progress=progress)
     console.print(f"{s['flagged']} of {s['n']} samples flagged as outliers (score < {s['score_cutoff']:.3f})")
     _print_df(outliers.top_outliers(cat, limit=15), title="most outlying samples")
 
@@ -366,12 +461,17 @@ def audit_quality(
     project: Path = ProjectOpt,
     workers: Optional[int] = typer.Option(None, help="Threads reading images (default: min(8, CPUs))."),
     recompute: bool = typer.Option(False, help="Recompute image statistics already stored."),
+    quiet: bool = QuietOpt,
 ):
-    """Image-property issues: blurry, dark, bright, low information, odd aspect ratio / size, grayscale."""
+    """Image-property issues: blurry, dark, bright, low information, odd aspect ratio / size, grayscale.
+
+    Example: curate audit quality -p my-project
+    """
     from engine.analyses import image_quality
 
     cat = open_project(project)
-    s = image_quality.run(cat, workers=workers, recompute=recompute, progress=True)
+    with shown("image quality", progress_enabled(quiet)) as progress:
+        s = image_quality.run(cat, workers=workers, recompute=recompute, progress=progress)
     console.print(f"{s['images']} images ({s['stats_computed']} newly measured, {s['unreadable']} unreadable); "
                   f"{s['samples_with_issues']} with at least one issue")
     import pandas as pd
@@ -392,13 +492,18 @@ def cluster(
     seed: int = typer.Option(0, help="Random seed (k-means, silhouette sample, UMAP)."),
     names: bool = typer.Option(True, "--names/--no-names", help="Suggest a name per cluster with the encoder."),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Cluster the embeddings, summarise each cluster and compute the 2-D map."""
+    """Cluster the embeddings, summarise each cluster and compute the 2-D map.
+
+    Example: curate cluster -p my-project --k 20
+    """
     from engine.analyses import clusters
 
     cat = open_project(project)
-    res = clusters.run(cat, encoder=encoder, k=k, method=method, seed=seed, name_clusters=names,
-                       out_of_core=out_of_core)
+    with shown("clusters", progress_enabled(quiet)) as progress:
+        res = clusters.run(cat, encoder=encoder, k=k, method=method, seed=seed, name_clusters=names,
+                           out_of_core=out_of_core, progress=progress)
     console.print(f"{res.k} clusters ({res.method}, k chosen by {res.summary['k_chosen_by']}) over {res.n} samples"
                   f"{f', {res.n_noise} noise' if res.n_noise else ''}; map: {res.map_method}; {res.seconds:.1f}s")
     df = cat.query_df("SELECT cluster, size, name, majority_label, purity FROM cluster_summaries ORDER BY cluster")
@@ -418,13 +523,18 @@ def query(
     url_prefix: Optional[str] = typer.Option(None, help="Image URL prefix for the Label Studio tasks, "
                                              "e.g. /data/local-files/?d="),
     out_of_core: Optional[bool] = OocOpt,
+    quiet: bool = QuietOpt,
 ):
-    """Select the next batch to label (table `queries`) and export it as CSV/JSON/Label Studio tasks."""
+    """Select the next batch to label (table `queries`) and export it as CSV/JSON/Label Studio tasks.
+
+    Example: curate query -p my-project --strategy typiclust --budget 100
+    """
     from engine.analyses import active
 
-    res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
-                     max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix,
-                     out_of_core=out_of_core)
+    with shown("query", progress_enabled(quiet)) as progress:
+        res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
+                         max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix,
+                         out_of_core=out_of_core, progress=progress)
     if res.batch_id is None:
         console.print("nothing to query: every embedded sample is labeled or excluded")
         return
@@ -441,7 +551,10 @@ def import_labels_cmd(
     project: Path = ProjectOpt,
     source: str = typer.Option("annotation", help="Label source recorded in the catalog."),
 ):
-    """Add labels that came back from annotators; the next `curate query` excludes them."""
+    """Add labels that came back from annotators; the next `curate query` excludes them.
+
+    Example: curate import-labels labels.csv -p my-project
+    """
     from engine.analyses.active import import_labels
 
     rep = import_labels(open_project(project), file, source=source)
@@ -464,7 +577,10 @@ def ui(
     port: int = typer.Option(8501, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1 keeps it local)."),
 ):
-    """Serve the Streamlit review UI over the project's catalog."""
+    """Serve the Streamlit review UI over the project's catalog.
+
+    Example: curate ui -p my-project --port 8501
+    """
     open_project(project)
     _serve_ui(project, port=port, host=host)
 
@@ -477,14 +593,20 @@ def decide(
     reason: str = typer.Option("", "--reason", "-r", help="Why (kept in the history and the export's changes report)."),
     project: Path = ProjectOpt,
 ):
-    """Record a review decision for one sample (appended to the history; undo with `curate undo`)."""
+    """Record a review decision for one sample (appended to the history; undo with `curate undo`).
+
+    Example: curate decide 42 relabel --label dog --reason \"clearly a dog\" -p my-project
+    """
     did = open_project(project).add_decision(sample_id, action.lower(), new_label=label, reason=reason)
     console.print(f"decision {did}: sample {sample_id} {action.lower()}" + (f" -> {label}" if label else ""))
 
 
 @app.command()
 def undo(decision_id: int = typer.Argument(..., help="Id of the decision to undo."), project: Path = ProjectOpt):
-    """Undo a decision (an undo record is appended; nothing is deleted)."""
+    """Undo a decision (an undo record is appended; nothing is deleted).
+
+    Example: curate undo 12 -p my-project
+    """
     did = open_project(project).undo_decision(decision_id)
     console.print(f"decision {decision_id} undone (undo record {did})")
 
@@ -495,7 +617,10 @@ def decisions(
     limit: int = typer.Option(50, help="How many to list (newest first)."),
     offset: int = typer.Option(0, help="Skip this many newest ones."),
 ):
-    """List the decision history, newest first, with whether each was undone."""
+    """List the decision history, newest first, with whether each was undone.
+
+    Example: curate decisions -p my-project --limit 20
+    """
     import pandas as pd
 
     df = open_project(project).decisions(limit=limit, offset=offset)
@@ -518,7 +643,10 @@ def export(
     queue: bool = typer.Option(True, "--queue/--no-queue", help="Also export the annotation queue (CSV, JSON, Label Studio)."),
     url_prefix: Optional[str] = typer.Option(None, help="Label Studio data.image prefix, e.g. '/data/local-files/?d='."),
 ):
-    """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue."""
+    """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue.
+
+    Example: curate export -p my-project -f csv -f imagefolder --out cleaned/
+    """
     from engine.export import export_dataset
 
     res = export_dataset(open_project(project), out_dir=out, formats=format, link="copy" if copy else "symlink",
@@ -530,27 +658,77 @@ def export(
         console.print(f"  {p}")
 
 
-def main() -> None:
+def _click_exceptions():
+    """(ClickException, UsageError) of the Click that typer runs on (recent typer releases vendor their own)."""
+    mod = sys.modules[typer.BadParameter.__module__]
+    return mod.ClickException, mod.UsageError
+
+
+def _usage_error(exc) -> None:
+    """Click's usage line, then one ``error:`` line that names the command's --help (and a group's commands)."""
+    ctx = exc.ctx
+    msg = exc.format_message().rstrip(".")
+    if ctx is not None:
+        group = getattr(ctx.command, "commands", None)
+        if group and msg.startswith(("No such option", "Missing command")):
+            msg += f"; `{ctx.command_path}` takes a command first: {', '.join(group)}"
+        msg += ("" if msg.endswith("?") else ".") + f" See `{ctx.command_path} --help`."
+        typer.echo(ctx.get_usage(), err=True)
+    typer.echo(f"error: {msg}", err=True)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """Write the traceback of an unexpected error to a file; return its path ('' when it cannot be written)."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"curate-traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
-        # without standalone mode click *returns* the code of a `typer.Exit(n)` instead of exiting with it
-        code = app(standalone_mode=False)
+        path.write_text(f"curate {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
+        return str(path)
+    except OSError:
+        return ""
+
+
+def main() -> None:
+    click_exception, usage_error = _click_exceptions()
+    debug = os.environ.get("CURATE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        # Without standalone mode Click *returns* the code of a `typer.Exit(n)` instead of exiting with it, and
+        # leaves its own errors to us (below), so that none of them ends in a traceback.
+        code = app(standalone_mode=False, prog_name="curate")
         if isinstance(code, int) and code:
             sys.exit(code)
-    except CurateError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except usage_error as exc:  # unknown command/option, bad or missing value
+        _usage_error(exc)
         sys.exit(2)
+    except click_exception as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except CurateError as exc:
+        if debug or _DEBUG:
+            import traceback
+
+            traceback.print_exc()
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except typer.Abort:
         sys.exit(130)
     except (typer.Exit, SystemExit) as exc:  # normal exits
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors etc.
-        import click
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback in a file
+        if debug or _DEBUG:
+            import traceback
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+            traceback.print_exc()
+            sys.exit(1)
+        where = _unexpected(exc)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"error: {type(exc).__name__}: {first} "
+                   + (f"(full traceback in {where}; rerun with --debug)" if where else "(rerun with --debug)"), err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

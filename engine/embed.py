@@ -760,7 +760,9 @@ def _run_pipeline(cat, enc, items, batch_size, workers, shard_size, progress, re
         report.quarantined.append((path, reason))
 
     bar = None
-    if progress:
+    from engine.progress import enabled as progress_enabled
+
+    if progress and progress_enabled():  # the bar only on a terminal (or CURATE_PROGRESS=1)
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), desc=f"embed {enc.name}", unit="img", dynamic_ncols=True)

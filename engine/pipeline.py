@@ -1,4 +1,8 @@
-"""The full audit: embed -> kNN graph -> every analysis, each step timed and recorded in the catalog."""
+"""The full audit: embed -> kNN graph -> every analysis, each step timed and recorded in the catalog.
+
+Each step reports its progress through ``ctx["progress"]`` (an :data:`engine.progress.Progress` callback that
+:func:`run_audit` sets per step; a no-op when progress is not shown).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from typing import Callable
 
 from engine.catalog import Catalog, CurateError
+from engine.progress import shown, step
 
 
 def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None,
@@ -22,46 +27,48 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
 
         from engine.shards import use_out_of_core
 
-        ctx["encoder"] = embed_project(cat, encoder=encoder, progress=True)
+        ctx["encoder"] = embed_project(cat, encoder=encoder, progress=ctx.get("show_progress", True))
         ctx["ooc"] = use_out_of_core(cat, ctx["encoder"], out_of_core)
 
     def graph(cat: Catalog, ctx: dict):
         from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
 
         if ctx.get("ooc"):
-            load_or_build_sharded_graph(cat, encoder=ctx.get("encoder"), k=k)
+            with step(ctx.get("progress"), "sharded kNN graph"):
+                load_or_build_sharded_graph(cat, encoder=ctx.get("encoder"), k=k)
         else:
-            load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k)
+            with step(ctx.get("progress"), "load or build"):
+                load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k, progress=ctx.get("progress"))
 
     def label_issues(cat: Catalog, ctx: dict):
         from engine.analyses import label_issues as m
 
-        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def duplicates(cat: Catalog, ctx: dict):
         from engine.analyses import duplicates as m
 
-        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def outliers(cat: Catalog, ctx: dict):
         from engine.analyses import outliers as m
 
-        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"))
+        m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def image_quality(cat: Catalog, ctx: dict):
         from engine.analyses import image_quality as m
 
-        m.run(cat)
+        m.run(cat, progress=ctx.get("progress"))
 
     def clusters(cat: Catalog, ctx: dict):
         from engine.analyses import clusters as m
 
-        m.run(cat, encoder=ctx.get("encoder"), k=cluster_k, out_of_core=ctx.get("ooc"))
+        m.run(cat, encoder=ctx.get("encoder"), k=cluster_k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def query(cat: Catalog, ctx: dict):
         from engine.analyses import active as m
 
-        m.run(cat, encoder=ctx.get("encoder"), out_of_core=ctx.get("ooc"))
+        m.run(cat, encoder=ctx.get("encoder"), out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     return [
         ("embed", embed),
@@ -76,13 +83,20 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
 
 
 def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, strict: bool = False,
-              cluster_k: int | None = None, out_of_core: bool | None = None) -> dict[str, dict]:
+              cluster_k: int | None = None, out_of_core: bool | None = None,
+              progress: bool | None = None) -> dict[str, dict]:
     """Run every audit step; returns {step: {"seconds": s, "status": "ok"|"failed", "error": msg}}.
+
+    ``progress`` shows each step's progress (None: on a terminal, see :func:`engine.progress.enabled`); with a
+    ``console`` a table of the steps' times and statuses is printed at the end.
 
     A failing step is reported in one line and the audit goes on with the steps that do not need it
     (``strict=True`` re-raises instead).  Steps after a failed ``embed`` or ``knn graph`` are skipped.
     """
-    ctx: dict = {}
+    from engine.progress import enabled
+
+    show = enabled() if progress is None else progress
+    ctx: dict = {"show_progress": show}
     timings: dict[str, dict] = {}
     blocked = False
     for name, fn in audit_steps(encoder=encoder, k=k, cluster_k=cluster_k, out_of_core=out_of_core):
@@ -93,7 +107,8 @@ def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, st
         if console is not None:
             console.print(f"[cyan]audit[/] {name} ...")
         try:
-            fn(cat, ctx)
+            with shown(name, show) as ctx["progress"]:
+                fn(cat, ctx)
             timings[name] = {"seconds": time.perf_counter() - t0, "status": "ok"}
         except Exception as exc:  # reported, not fatal: the other analyses still run
             if strict:
@@ -105,5 +120,19 @@ def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, st
             if name in ("embed", "knn graph"):
                 blocked = True
     if console is not None:
-        console.print("audit done: " + ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in timings.items()))
+        print_timings(timings, console)
     return timings
+
+
+def print_timings(timings: dict[str, dict], console) -> None:
+    """The per-step table: step, seconds, status (and the one-line error of a failed step)."""
+    from rich.table import Table
+
+    table = Table(title="audit steps")
+    for col, justify in (("step", "left"), ("seconds", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    for name, t in timings.items():
+        status = t["status"] + (f": {t['error']}" if t.get("error") and t["status"] == "failed" else "")
+        table.add_row(name, f"{t['seconds']:.1f}", status)
+    table.add_row("total", f"{sum(t['seconds'] for t in timings.values()):.1f}", "")
+    console.print(table)

@@ -216,11 +216,9 @@ def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, progress: bool
     """Add rows with their ids in blocks (bounded temporary memory in FAISS, visible progress)."""
     X = as_unit_vectors(vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    starts = range(0, len(X), _ADD_BLOCK)
-    if progress:
-        from tqdm import tqdm
+    from engine.progress import track
 
-        starts = tqdm(starts, desc="indexing", unit="block")
+    starts = track(range(0, len(X), _ADD_BLOCK), "indexing", progress=progress)
     for s in starts:
         index.add_with_ids(X[s:s + _ADD_BLOCK], ids[s:s + _ADD_BLOCK])
 

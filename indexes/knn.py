@@ -94,13 +94,11 @@ class KnnGraph:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _blocks(n: int, block_size: int, progress: bool, desc: str) -> Iterable[tuple[int, int]]:
-    bounds = [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
-    if progress:
-        from tqdm import tqdm
+def _blocks(n: int, block_size: int, progress, desc: str) -> Iterable[tuple[int, int]]:
+    """Row blocks ``(start, end)``; ``progress``: True (a bar), an :data:`engine.progress.Progress` callback, or off."""
+    from engine.progress import track
 
-        return tqdm(bounds, desc=desc, unit="block")
-    return bounds
+    return track([(s, min(n, s + block_size)) for s in range(0, n, block_size)], desc, progress=progress)
 
 
 def drop_self(indices: np.ndarray, sims: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +191,8 @@ def knn_graph(X: np.ndarray, k: int = 10, block_size: int = DEFAULT_BLOCK, devic
         recall@k the approximate path is tuned to reach on ``recall_queries`` sampled rows.
     seed : int
         Seeds the IVF training and the recall sample.
-    progress : bool
-        Show progress bars.
+    progress : bool or callable
+        Show progress bars (True), or report query blocks to an :data:`engine.progress.Progress` callback.
 
     Returns
     -------

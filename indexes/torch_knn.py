@@ -96,11 +96,9 @@ def torch_knn_graph(X: np.ndarray, k: int, block_size: int = 4096, device: str |
     db_block = db_block_size or 4 * block_size
     out_i = np.empty((n, k), np.int64)
     out_s = np.empty((n, k), np.float32)
-    starts = range(0, n, block_size)
-    if progress:
-        from tqdm import tqdm
+    from engine.progress import track
 
-        starts = tqdm(starts, desc=f"kNN graph (torch {dev.type})", unit="block")
+    starts = track(range(0, n, block_size), f"kNN graph (torch {dev.type})", progress=progress)
     with torch.inference_mode():
         for s in starts:
             e = min(n, s + block_size)

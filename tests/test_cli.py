@@ -31,11 +31,11 @@ def test_init_ingest_status(tmp_path, image_folder):
 
 def test_errors_are_one_line_without_traceback(tmp_path):
     r = curate("status", "--project", tmp_path / "missing")
-    assert r.returncode == 2
+    assert r.returncode == 1
     out = r.stdout + r.stderr
     assert "no Curate project" in out and "Traceback" not in out
     r = curate("ingest", tmp_path / "nothing-here", "-p", tmp_path / "p")
-    assert r.returncode == 2 and "does not exist" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+    assert r.returncode == 1 and "does not exist" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
 
 
 def test_default_project_is_cwd_curate_project(tmp_path, image_folder):

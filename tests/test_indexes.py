@@ -371,7 +371,7 @@ def test_cli_search_by_sample(vector_project):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "img12.png" in r.stdout and "most similar to sample 11" in r.stdout
     r = run("search", "-p", vector_project.root)
-    assert r.returncode == 2 and "exactly one of" in r.stdout + r.stderr
+    assert r.returncode == 1 and "exactly one of" in r.stdout + r.stderr
 
 
 def test_image_and_text_search_with_the_offline_encoder(tmp_path):

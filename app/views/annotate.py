@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 
 NS = "ann"
 MAX_BUTTONS = 40  # beyond this many classes the label is picked from a list
@@ -17,7 +18,7 @@ st.title("Annotate")
 
 status = data.queue_status(root, rev)
 if status["total"] == 0:
-    ui.no_data("No annotation queue yet: run `curate audit -p PROJECT` (its active-learning step fills it).")
+    ui.no_data(hints.no_queue(root))
     st.stop()
 
 skipped: set[int] = st.session_state.setdefault(f"{NS}-skipped", set())
@@ -30,7 +31,7 @@ if next_id is None:
         st.info(f"You skipped the remaining {len(skipped)} sample(s) in this session.")
         st.button("Show skipped again", key=f"{NS}-unskip", on_click=skipped.clear)
     else:
-        st.success("The queue is done. Export it or run `curate audit` again for a new batch.")
+        st.success(hints.queue_done(root))
     st.stop()
 
 item = data.queue_item(root, rev, next_id)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 
 NS = "cl"
 REASON = "cluster review"
@@ -17,7 +18,7 @@ st.title("Clusters")
 
 clusters = data.cluster_table(root, rev[1:])
 if clusters.empty:
-    ui.no_data("No 2-D map yet: run `curate audit -p PROJECT` (the clusters step computes it).")
+    ui.no_data(hints.no_map(root))
     st.stop()
 
 with st.container(horizontal=True, vertical_alignment="bottom"):

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 
 NS = "dup"
 REASON = "duplicate review"
@@ -29,8 +30,7 @@ total, members = ui.paged(
     NS, lambda limit, offset: data.duplicate_sets_page(root, rev, **filters, limit=limit, offset=offset),
     filters, page_size=SETS_PER_PAGE)
 if total == 0 and status == "unreviewed" and not crosses:
-    ui.no_data("No unreviewed duplicate sets. (Run `curate audit -p PROJECT` to find them; "
-               "switch Status to 'all' to see reviewed ones.)")
+    ui.no_data(hints.no_duplicates(root))
     st.stop()
 
 

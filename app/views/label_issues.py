@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 
 NS = "li"
 REASON = "label issue review"
@@ -17,7 +18,7 @@ st.title("Label issues")
 
 given_opts, sugg_opts = data.label_issue_classes(root, rev[1:])
 if not given_opts and not sugg_opts:
-    ui.no_data("No label issues scored yet: run `curate audit -p PROJECT` (or `curate audit label-issues`).")
+    ui.no_data(hints.no_label_issues(root))
     st.stop()
 
 with st.container(horizontal=True, vertical_alignment="bottom"):

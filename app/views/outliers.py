@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 
 root = data.project_root()
 rev = data.revision(root)
@@ -24,7 +25,7 @@ if view == "Outliers":
     total, page = ui.paged(NS, lambda limit, offset: data.outliers_page(root, rev, **filters, limit=limit, offset=offset),
                            filters)
     if total == 0 and only_flagged and status != "reviewed":
-        ui.no_data("No unreviewed outliers (run `curate audit -p PROJECT` to score them).")
+        ui.no_data(hints.no_outliers(root))
 
     def caption(r) -> str:
         label = ui.md(r["label"]) if isinstance(r["label"], str) else "(unlabeled)"
@@ -33,7 +34,7 @@ else:
     NS, REASON = "iq", "image quality review"
     types = data.image_issue_types(root, rev[1:])
     if types.empty:
-        ui.no_data("No image-quality issues recorded (run `curate audit -p PROJECT`).")
+        ui.no_data(hints.no_image_issues(root))
         st.stop()
     with st.container(horizontal=True, vertical_alignment="bottom"):
         picked = st.pills("Issue", types["issue"].tolist(), selection_mode="multi", key=f"{NS}-types",

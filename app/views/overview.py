@@ -8,6 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from app import data
+from app import hints
 
 root = data.project_root()
 ov = data.overview(root, data.revision(root))
@@ -22,7 +23,7 @@ cols[3].metric("Quarantined files", f"{c['quarantined']:,}")
 cols[4].metric("Reviewed", f"{c['reviewed']:,}", help="Samples with a live decision (keep, relabel, remove, merge)")
 
 if c["samples"] == 0:
-    st.info("The catalog is empty: run `curate ingest FOLDER -p PROJECT` (or `curate demo`), then `curate audit`.")
+    st.info(hints.empty_catalog(root))
 
 left, right = st.columns([3, 2])
 with left:
@@ -42,7 +43,7 @@ with right:
     issues = ov["issues"]
     issues = issues[issues["scored"] > 0]
     if issues.empty:
-        st.caption("No analysis results yet: run `curate audit -p PROJECT`.")
+        st.caption(hints.no_results(root))
     else:
         st.dataframe(issues, hide_index=True, width="stretch",
                      column_config={"issue": "Type", "flagged": st.column_config.NumberColumn("Flagged", format="%d"),

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import components as ui
 from app import data
+from app import hints
 from engine.catalog import CurateError
 
 NS = "srch"
@@ -26,7 +27,7 @@ mode = st.segmented_control("Search by", modes, default=modes[0], key=f"{NS}-mod
 with st.container(horizontal=True, vertical_alignment="bottom"):
     if mode != modes[0]:
         if not encoders:
-            ui.no_data("Similarity search needs embeddings: run `curate embed -p PROJECT` (or `curate audit`).")
+            ui.no_data(hints.no_embeddings(root))
             st.stop()
         encoder = st.selectbox("Embeddings", encoders, key=f"{NS}-encoder", width=320)
         k = st.number_input("Results", min_value=1, max_value=200, value=24, step=6, key=f"{NS}-k", width=120)
@@ -52,8 +53,7 @@ try:
             hits = data.similar_to_image(root, rev[1:], up.getvalue(), Path(up.name).suffix.lower(), int(k), encoder)
     else:
         if not encoder.lower().startswith("clip"):
-            st.info(f"Text search needs CLIP embeddings; this project's `{encoder}` cannot encode text. Run "
-                    "`curate embed --encoder clip` (needs CLIP weights on disk), or search by sample or image.")
+            st.info(hints.text_needs_clip(root, encoder))
             st.stop()
         prompt = st.text_input("Describe what to find", key=f"{NS}-prompt", placeholder="a blurry photo of a dog")
         if prompt.strip():

@@ -762,6 +762,7 @@ def run(
     config: StrategyConfig | None = None,
     out_of_core: bool | None = None,
     pool_size: int = 200_000,
+    progress: Any = None,
 ) -> QueryResult:
     """Select the next batch to label, write it to ``queries`` and export it.
 
@@ -780,6 +781,7 @@ def run(
     out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core the strategy runs on a seeded
         pool of ``pool_size`` rows read from the shards (the labeled rows, sampled when they alone exceed half the
         pool, plus a uniform sample of the unlabeled ones); the summary records the pool.
+    progress : an :data:`engine.progress.Progress` callback (probe, selection).
 
     Returns
     -------
@@ -787,6 +789,7 @@ def run(
     """
     from engine.analyses.probe import LinearProbe
     from engine.embed import load_embeddings
+    from engine.progress import step
 
     name = canonical_strategy(strategy)
     if budget < 1:
@@ -815,7 +818,9 @@ def run(
         labeled = labels.notna().to_numpy()
         # ProbCover on very large sets reads its balls from the shared graph, so ask for enough neighbours
         big_probcover = name == "probcover" and len(ids) > config.probcover_exact_max
-        graph = None if big else _load_graph(cat, emb.encoder, ids, k=config.probcover_k if big_probcover else 10)
+        with step(progress, "kNN graph"):
+            graph = None if big else _load_graph(cat, emb.encoder, ids,
+                                                 k=config.probcover_k if big_probcover else 10)
 
         pos = pd.Series(np.arange(len(ids)), index=ids)
         dup = cat.query_df("SELECT set_id, sample_id FROM duplicates")
@@ -844,14 +849,16 @@ def run(
                     f"strategy {name} needs a probe trained on at least 2 labeled classes, and this project has "
                     f"{n_classes}; start with `curate query --strategy typiclust` (or probcover), label that batch, "
                     f"then switch")
-            probe = LinearProbe(C=PROBE_C, random_state=seed).fit(X[lab_rows],
-                                                                 labels.iloc[lab_rows].astype(str).to_numpy())
-            probs = probe.predict_proba(X)
+            with step(progress, "probe"):
+                probe = LinearProbe(C=PROBE_C, random_state=seed).fit(X[lab_rows],
+                                                                     labels.iloc[lab_rows].astype(str).to_numpy())
+                probs = probe.predict_proba(X)
             class_names = [str(c) for c in probe.classes_]
-        sel = select(name, X, labeled, budget, probs=probs,
-                     knn_graph=graph, exclude_mask=excl.mask, seed=seed, max_per_class=max_per_class,
-                     near_duplicate_similarity=near_duplicate_similarity, class_names=class_names,
-                     config=_with_classes(config, len(cat.class_names())))
+        with step(progress, f"{name} selection"):
+            sel = select(name, X, labeled, budget, probs=probs,
+                         knn_graph=graph, exclude_mask=excl.mask, seed=seed, max_per_class=max_per_class,
+                         near_duplicate_similarity=near_duplicate_similarity, class_names=class_names,
+                         config=_with_classes(config, len(cat.class_names())))
         paths = dict(cat.query("SELECT id, path FROM samples WHERE id IN (SELECT unnest(?))",
                                [[int(i) for i in ids[sel.indices]]]))
         table = pd.DataFrame({

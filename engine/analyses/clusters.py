@@ -330,6 +330,7 @@ def choose_k(
     nredo: int = 3,
     spherical: bool = False,
     gpu: bool | str = "auto",
+    progress: Any = None,
 ) -> KSelection:
     """Choose the number of k-means clusters by the silhouette score on a fixed seeded sample.
 
@@ -350,6 +351,7 @@ def choose_k(
     sample_size : points used for the silhouette (the cost is quadratic in it).
     fit_sample : points the sweep's k-means models are fitted on.
     reduce_dims : PCA dimensions for the sweep (None: no projection).
+    progress : an :data:`engine.progress.Progress` callback told of each candidate k.
 
     Returns
     -------
@@ -375,7 +377,9 @@ def choose_k(
     sil = np.sort(rng.choice(len(Z), size=min(len(Z), sample_size), replace=False))
     D = pairwise_distances(Z[sil], metric="euclidean", n_jobs=1)
     scores: list[float] = []
-    for k in ks:
+    from engine.progress import track
+
+    for k in track(ks, "silhouette sweep over k", progress=progress):
         res = kmeans(Z, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical, gpu=gpu)
         sub = res.labels[sil]
         if len(np.unique(sub)) < 2 or len(np.unique(sub)) >= len(sil):
@@ -439,6 +443,7 @@ def cluster_embeddings(
     min_cluster_size: int | None = None,
     spherical: bool = False,
     gpu: bool | str = "auto",
+    progress: Any = None,
 ) -> ClusterResult:
     """Cluster ``X`` with k-means (k given, or chosen by :func:`choose_k`) or HDBSCAN.
 
@@ -452,6 +457,7 @@ def cluster_embeddings(
     min_cluster_size : HDBSCAN's smallest cluster.
     spherical : cosine k-means (normalised centroids).
     gpu : FAISS GPU use (``"auto"``, True, False).
+    progress : an :data:`engine.progress.Progress` callback (the silhouette sweep).
 
     Returns
     -------
@@ -477,7 +483,7 @@ def cluster_embeddings(
         if n < 3:
             k = 1
         else:
-            selection = choose_k(X, k_values=k_values, seed=seed, spherical=spherical, gpu=gpu)
+            selection = choose_k(X, k_values=k_values, seed=seed, spherical=spherical, gpu=gpu, progress=progress)
             k = selection.k
     res = kmeans(X, int(k), seed=seed, spherical=spherical, gpu=gpu)
     res.k_selection = selection
@@ -754,6 +760,7 @@ def run(
     encoder_model: Any = None,
     out_of_core: bool | None = None,
     sample_size: int = 200_000,
+    progress: Any = None,
 ) -> ClusterRun:
     """Cluster the project's embeddings and write ``clusters`` + ``cluster_summaries`` in one transaction.
 
@@ -771,12 +778,14 @@ def run(
         k) runs on a seeded sample of ``sample_size`` rows and every row is then assigned to its nearest centroid
         shard by shard (:func:`engine.analyses.scale.sampled_kmeans`'s scheme); the 2-D map is a PCA fitted on the
         same sample and applied block by block (UMAP's ``transform`` is too slow for 10^7 rows); only k-means.
+    progress : an :data:`engine.progress.Progress` callback (silhouette sweep, k-means, naming, 2-D map).
 
     Returns
     -------
     ClusterRun
     """
     from engine.embed import load_embeddings
+    from engine.progress import step
     from engine.shards import use_out_of_core
 
     t0 = time.perf_counter()
@@ -806,21 +815,26 @@ def run(
     run_id = cat.start_run("clusters", params)
     with cat.failing_run(run_id):
         if big:
-            result, xy, fit_emb = _cluster_out_of_core(shards, k, seed, sample_size)
+            with step(progress, "k-means on a sample, rows assigned shard by shard"):
+                result, xy, fit_emb = _cluster_out_of_core(shards, k, seed, sample_size)
         else:
-            result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size)
+            with step(progress, f"{method} clustering"):
+                result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size,
+                                            progress=progress)
         names_, codes = cat.label_codes(ids)
         labels = np.array(list(names_) + [None], dtype=object)[codes]  # -1 -> None; one object per class name
         summaries = summarize_clusters(result, labels, n_representatives=n_representatives, n_atypical=n_atypical)
         naming = None
         naming_note = None
         if name_clusters:
-            if big:
-                naming, naming_note = _name_out_of_core(cat, summaries, shards, ids, encoder_model)
-            else:
-                naming, naming_note = _name(cat, summaries, emb, encoder_model)
+            with step(progress, "cluster names"):
+                if big:
+                    naming, naming_note = _name_out_of_core(cat, summaries, shards, ids, encoder_model)
+                else:
+                    naming, naming_note = _name(cat, summaries, emb, encoder_model)
         if not big:
-            xy = embed_2d(X, seed=seed, method=map_method)
+            with step(progress, "2-D map (UMAP, PCA for small sets)"):
+                xy = embed_2d(X, seed=seed, method=map_method)
 
         clusters_df = pd.DataFrame({
             "run_id": run_id,

@@ -327,7 +327,8 @@ def perceptual_hash(image: Any) -> np.ndarray:
     return np.packbits(c > np.median(c[1:]))
 
 
-def file_perceptual_hashes(paths: Sequence[str], workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def file_perceptual_hashes(paths: Sequence[str], workers: int | None = None,
+                           progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """pHashes of image files with a thread pool: (uint8 [n, 8], bool [n] readable)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -344,7 +345,9 @@ def file_perceptual_hashes(paths: Sequence[str], workers: int | None = None) -> 
             return None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
-        out = list(pool.map(one, list(paths)))
+        from engine.progress import track
+
+        out = list(track(pool.map(one, list(paths)), "perceptual hashes", len(paths), progress))
     ok = np.array([h is not None for h in out], bool)
     H = np.zeros((len(out), 8), np.uint8)
     if ok.any():
@@ -766,7 +769,8 @@ def default_threshold(encoder: str | None) -> float:
 
 def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None, k: int = 10,
         hash_distance: int | None = DEFAULT_HASH_DISTANCE, curve_thresholds: Sequence[float] = DEFAULT_CURVE_THRESHOLDS,
-        seed: int = 0, semdedup: bool = True, workers: int | None = None, out_of_core: bool | None = None) -> dict:
+        seed: int = 0, semdedup: bool = True, workers: int | None = None, out_of_core: bool | None = None,
+        progress: Any = None) -> dict:
     """Find exact/near-duplicate sets and leakage for a project and write the ``duplicates`` table.
 
     Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), samples (hash,
@@ -777,12 +781,14 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
     ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): candidate pairs come from k-means
     partitions over the shards (:func:`engine.analyses.scale.partitioned_near_duplicates`), and only the rows in
     a pair or sharing a content hash are loaded for the set building below; perceptual hashes and the SemDeDup
-    curve are skipped on that path (both need every sample).
+    curve are skipped on that path (both need every sample).  ``progress``: an :data:`engine.progress.Progress`
+    callback.
 
     Returns
     -------
     dict : the run summary (also stored in ``runs.summary``): counts, leakage pairs (top 100), SemDeDup curve.
     """
+    from engine.progress import step
     from engine.shards import embedded_count, use_out_of_core
 
     big = use_out_of_core(cat, encoder, out_of_core)
@@ -793,12 +799,14 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
     if threshold is not None and not 0.0 < float(threshold) <= 1.0:
         raise CurateError(f"duplicate threshold must be in (0, 1], got {threshold}; try --threshold 0.9")
     if big:
-        es, ooc_info = _candidates_out_of_core(cat, encoder, threshold, seed)
+        with step(progress, "candidate pairs (k-means partitions)"):
+            es, ooc_info = _candidates_out_of_core(cat, encoder, threshold, seed)
         graph, hash_distance, semdedup = None, None, False
     else:
         from indexes.graph import load_or_build_graph
 
-        es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
+        with step(progress, "kNN graph"):
+            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
     threshold = float(default_threshold(es.encoder) if threshold is None else threshold)
     params = {"encoder": es.encoder, "threshold": threshold, "k": k, "hash_distance": hash_distance, "seed": seed,
               "out_of_core": big}
@@ -816,11 +824,13 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
         info = samples.set_index("id").reindex(ids)
         phashes = valid = None
         if hash_distance is not None:
-            phashes, valid = file_perceptual_hashes(info["path"].fillna("").astype(str).tolist(), workers=workers)
-        sets = find_near_duplicates(es.vectors, threshold, knn_graph=graph,
-                                    content_hashes=info["content_hash"].fillna("").astype(str).tolist(),
-                                    perceptual_hashes=phashes, hash_distance=hash_distance or 0, hash_valid=valid,
-                                    seed=seed)
+            phashes, valid = file_perceptual_hashes(info["path"].fillna("").astype(str).tolist(), workers=workers,
+                                                    progress=progress)
+        with step(progress, "duplicate sets"):
+            sets = find_near_duplicates(es.vectors, threshold, knn_graph=graph,
+                                        content_hashes=info["content_hash"].fillna("").astype(str).tolist(),
+                                        perceptual_hashes=phashes, hash_distance=hash_distance or 0,
+                                        hash_valid=valid, seed=seed)
         # samples with no embedding: attach by content hash (exact copies only)
         vectors, row_ids, hashes, members, exact = _attach_unembedded(es.vectors, ids, info, samples, sets)
         n = len(row_ids)
@@ -867,7 +877,8 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             **({"candidates": ooc_info} if big else {}),
         }
         if semdedup and len(es.vectors) >= 2:
-            summary["semdedup"] = semdedup_curve(es.vectors, curve_thresholds, seed=seed).to_dict()
+            with step(progress, "SemDeDup curve"):
+                summary["semdedup"] = semdedup_curve(es.vectors, curve_thresholds, seed=seed).to_dict()
         cat.replace_analysis("duplicates", table, run_id, summary)
     return summary
 

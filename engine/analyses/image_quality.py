@@ -193,8 +193,10 @@ def file_statistics(path: str | os.PathLike, max_side: int = WORK_SIZE) -> dict[
 
 
 def compute_statistics(paths: Iterable[str], workers: int | None = None, max_side: int = WORK_SIZE,
-                       progress: bool = False) -> tuple[list[dict | None], list[str | None]]:
+                       progress=False) -> tuple[list[dict | None], list[str | None]]:
     """:func:`file_statistics` over many files with a thread pool (PIL decoding and NumPy release the GIL).
+
+    ``progress``: True (a bar) or an :data:`engine.progress.Progress` callback told of each file.
 
     Returns per-path stats (None when the file cannot be read) and per-path error messages.
     """
@@ -208,12 +210,9 @@ def compute_statistics(paths: Iterable[str], workers: int | None = None, max_sid
             return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable = pool.map(one, paths)
-        if progress:
-            from tqdm import tqdm
+        from engine.progress import track
 
-            results = tqdm(results, total=len(paths), desc="image stats", unit="img")
-        out = list(results)
+        out = list(track(pool.map(one, paths), "image stats", len(paths), progress))
     return [r[0] for r in out], [r[1] for r in out]
 
 
@@ -375,12 +374,13 @@ def working_side(widths: Iterable[float], heights: Iterable[float], cap: int = W
 
 
 def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | None = None, recompute: bool = False,
-        max_side: int | None = None, progress: bool = False) -> dict:
+        max_side: int | None = None, progress=False) -> dict:
     """Compute missing image statistics, flag image-property issues, write ``image_stats`` + ``image_issues``.
 
     Needs only the catalog and the files (no embeddings).  Statistics already in ``image_stats`` are reused
     unless ``recompute``; samples whose file cannot be read any more are skipped and counted in the summary.
-    ``max_side`` is the working-copy side (default :func:`working_side` of the dataset).
+    ``max_side`` is the working-copy side (default :func:`working_side` of the dataset).  ``progress``: True (a
+    bar) or an :data:`engine.progress.Progress` callback.
 
     Returns
     -------
@@ -405,7 +405,10 @@ def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | N
             cat.replace_analysis("image_stats", new, run_id, {"stats_computed": len(new)},
                                  where="sample_id IN (SELECT unnest(?))", where_params=[new["sample_id"].tolist()])
         known = cat.query_df("SELECT s.* FROM image_stats s JOIN samples p ON p.id = s.sample_id ORDER BY s.sample_id")
-        issues = image_issues(known, cfg)
+        from engine.progress import step
+
+        with step(progress if callable(progress) else None, "issue rules"):
+            issues = image_issues(known, cfg)
         counts = issues["issue"].value_counts().to_dict()
         summary = {
             "images": int(len(known)),

@@ -309,6 +309,7 @@ def find_label_issues(
     device: str = "auto",
     singleton_flag_confidence: float = DEFAULT_SINGLETON_FLAG_CONFIDENCE,
     seed: int = 0,
+    progress: Any = None,
 ) -> LabelIssuesResult:
     """Find samples whose given label is probably wrong (confident learning on out-of-sample probabilities).
 
@@ -352,6 +353,8 @@ def find_label_issues(
         probability.
     seed : int
         Seeds the fold split and the probe.
+    progress : callable, optional
+        An :data:`engine.progress.Progress` callback told of each probe fold and of the kNN vote.
 
     Returns
     -------
@@ -370,6 +373,8 @@ def find_label_issues(
     """
     from cleanlab.count import estimate_joint
     from cleanlab.filter import find_label_issues as cl_find_label_issues
+
+    from engine.progress import step as progress_step
     from cleanlab.rank import get_label_quality_scores
 
     timings: dict[str, float] = {}
@@ -443,7 +448,8 @@ def find_label_issues(
             single_rows = np.flatnonzero(is_singleton_row)
             cv, extra, info = cross_val_predict_proba(
                 embeddings[probe_rows], codes[probe_rows], n_classes=K, n_folds=n_folds, seed=seed,
-                extra_X=embeddings[single_rows] if len(single_rows) else None, C=C, backend=backend, device=device)
+                extra_X=embeddings[single_rows] if len(single_rows) else None, C=C, backend=backend, device=device,
+                progress=progress)
             p_probe = np.zeros((n, K), dtype=np.float32)
             p_probe[probe_rows] = cv
             if len(single_rows):
@@ -464,8 +470,9 @@ def find_label_issues(
                 raise CurateError(f"the kNN graph has {len(gi)} rows but there are {n} samples; rebuild the graph")
             rows = np.flatnonzero(todo)
             p_knn = np.zeros((n, K), dtype=np.float32)
-            p_knn[rows] = knn_vote_proba(gi, gs, codes, K, rows=rows, prior_strength=knn_prior,
-                                         temperature=knn_temperature)
+            with progress_step(progress, "kNN vote"):
+                p_knn[rows] = knn_vote_proba(gi, gs, codes, K, rows=rows, prior_strength=knn_prior,
+                                             temperature=knn_temperature)
             details["knn"] = {"k": int(gi.shape[1]), "prior_strength": knn_prior, "temperature": knn_temperature}
             timings["knn"] = round(time.perf_counter() - t, 3)
         if p_probe is not None and p_knn is not None:
@@ -610,7 +617,7 @@ def _imported_predictions(cat: Catalog, sample_ids: np.ndarray) -> tuple[np.ndar
 
 
 def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
-        **cfg: Any) -> dict:
+        progress: Any = None, **cfg: Any) -> dict:
     """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the summary.
 
     Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), the current labels
@@ -618,8 +625,9 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     embeddings exist but imported predictions cover every labeled sample, those alone are used.
 
     ``out_of_core`` (None = decided by :func:`engine.shards.use_out_of_core`): take the streamed path
-    (:func:`run_out_of_core`) instead.
+    (:func:`run_out_of_core`) instead.  ``progress``: an :data:`engine.progress.Progress` callback.
     """
+    from engine.progress import step
     from engine.shards import use_out_of_core
 
     try:
@@ -627,14 +635,16 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     except CurateError:
         big = False  # no embeddings: the in-memory path reports it (or uses imported predictions)
     if big:
-        return run_out_of_core(cat, encoder, k=k)
+        with step(progress, "streamed kNN vote (out of core)"):
+            return run_out_of_core(cat, encoder, k=k)
     labels_df = cat.current_labels()
     labeled_ids = labels_df.loc[labels_df["label"].notna(), "sample_id"].to_numpy(np.int64)
     es = graph = None
     try:
         from indexes.graph import load_or_build_graph
 
-        es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
+        with step(progress, "kNN graph"):
+            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
     except CurateError:
         # no embeddings: still fine if the user imported predictions for every labeled sample
         pp, _, _ = _imported_predictions(cat, labeled_ids)
@@ -654,7 +664,7 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     run_id = cat.start_run("label_issues", params)
     with cat.failing_run(run_id):
         res = find_label_issues(vectors, labels, knn_graph=graph, pred_probs=pred_probs, pred_class_names=pred_names,
-                                k=k, **cfg)
+                                k=k, progress=progress, **cfg)
         df = res.to_frame(sample_ids)
         n_not_embedded = int(len(np.setdiff1d(labeled_ids, sample_ids)))
         summary = {"encoder": params["encoder"], **res.summary(), "n_unlabeled": int((~res.is_labeled).sum()),

@@ -131,12 +131,14 @@ def outliers_from_distances(d: np.ndarray, z_threshold: float = DEFAULT_Z, t: fl
 
 
 def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshold: float = DEFAULT_Z,
-        out_of_core: bool | None = None, block_rows: int = 262_144) -> dict:
+        out_of_core: bool | None = None, block_rows: int = 262_144, progress=None) -> dict:
     """Score every embedded sample for outlierness and write the ``outliers`` table; returns the run summary.
 
     ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): read the memory-mapped sharded graph
     (:func:`indexes.graph.load_or_build_sharded_graph`) ``block_rows`` rows at a time; the scores are the same.
+    ``progress``: an :data:`engine.progress.Progress` callback.
     """
+    from engine.progress import step, track
     from engine.shards import use_out_of_core
 
     if k < 1:
@@ -145,12 +147,14 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshol
     if big:
         from indexes.graph import load_or_build_sharded_graph
 
-        shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
+        with step(progress, "sharded kNN graph"):
+            shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
         name, ids = shards.encoder, shards.sample_ids()
     else:
         from indexes.graph import load_or_build_graph
 
-        es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
+        with step(progress, "kNN graph"):
+            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
         name, ids = es.encoder, np.asarray(es.sample_ids, np.int64)
     run_id = cat.start_run("outliers", {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big})
     with cat.failing_run(run_id):
@@ -158,13 +162,14 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshol
             from types import SimpleNamespace
 
             d = np.empty(graph.n, np.float64)
-            for s in range(0, graph.n, block_rows):
+            for s in track(range(0, graph.n, block_rows), "scores", progress=progress):
                 e = min(graph.n, s + block_rows)
                 d[s:e] = mean_neighbor_distance(SimpleNamespace(indices=graph.indices[s:e],
                                                                 similarities=graph.similarities[s:e]), k)
             res = outliers_from_distances(d, z_threshold)
         else:
-            res = find_outliers(graph, k=k, z_threshold=z_threshold)
+            with step(progress, "scores"):
+                res = find_outliers(graph, k=k, z_threshold=z_threshold)
         df = pd.DataFrame({"sample_id": ids, "score": res.score.astype(float),
                            "is_outlier": res.is_outlier.astype(bool), "rank": res.rank.astype(np.int32)})
         top = np.argsort(res.rank, kind="stable")[:20]

@@ -283,7 +283,7 @@ class LinearProbe:
 
 
 def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None = None, n_folds: int = 5,
-                            seed: int = 0, extra_X: np.ndarray | None = None,
+                            seed: int = 0, extra_X: np.ndarray | None = None, progress: Any = None,
                             **probe_params: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Out-of-sample class probabilities from a stratified K-fold linear probe.
 
@@ -343,7 +343,9 @@ def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splits = list(skf.split(np.zeros(len(y)), y))
-    for train, test in splits:
+    from engine.progress import track
+
+    for train, test in track(splits, "probe folds", progress=progress):
         probe = LinearProbe(**probe_params).fit(X[train], y[train])
         cols = probe.classes_.astype(np.int64)  # a class absent from this training fold keeps probability 0
         probs[np.ix_(test, cols)] = probe.predict_proba(X[test])
