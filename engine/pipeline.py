@@ -27,7 +27,8 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
 
         from engine.shards import use_out_of_core
 
-        ctx["encoder"] = embed_project(cat, encoder=encoder, progress=ctx.get("show_progress", True))
+        with step(ctx.get("progress"), "embeddings"):
+            ctx["encoder"] = embed_project(cat, encoder=encoder, progress=ctx.get("show_progress", True))
         ctx["ooc"] = use_out_of_core(cat, ctx["encoder"], out_of_core)
 
     def graph(cat: Catalog, ctx: dict):
