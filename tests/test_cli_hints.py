@@ -74,7 +74,7 @@ def readme_commands() -> list[str]:
     found = []
     for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
         found += [ln.strip() for ln in block.splitlines() if ln.strip().startswith("curate ")]
-    found += re.findall(r"`(curate [^`]+)`", text)
+    found += re.findall(r"(?<!\\)`(curate [^`]+)`", text)  # inline code (a \` is a literal backtick, not code)
     return [c for c in dict.fromkeys(found) if "COMMAND" not in c]
 
 
