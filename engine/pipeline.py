@@ -6,6 +6,7 @@ Each step reports its progress through ``ctx["progress"]`` (an :data:`engine.pro
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -27,7 +28,8 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
 
         from engine.shards import use_out_of_core
 
-        with step(ctx.get("progress"), "embeddings"):
+        # on a terminal embed_project draws its own bar (images/s); the step line is for logs (CURATE_PROGRESS=1)
+        with step(None if sys.stderr.isatty() else ctx.get("progress"), "embeddings"):
             ctx["encoder"] = embed_project(cat, encoder=encoder, progress=ctx.get("show_progress", True))
         ctx["ooc"] = use_out_of_core(cat, ctx["encoder"], out_of_core)
 
