@@ -51,16 +51,26 @@ def init(directory: Path = typer.Argument(Path(DEFAULT_PROJECT), help="Folder fo
 
 @app.command()
 def ingest(
-    source: Path = typer.Argument(..., help="ImageFolder root, unlabeled folder, or a CSV/Parquet manifest."),
+    source: Path = typer.Argument(..., help="ImageFolder root, unlabeled folder, CSV/Parquet manifest, COCO JSON, "
+                                  "YOLO data.yaml, Hugging Face save_to_disk folder (or cached dataset name), "
+                                  "FiftyOne export folder."),
     project: Path = ProjectOpt,
-    kind: str = typer.Option("auto", help="auto | imagefolder | manifest | unlabeled"),
+    kind: str = typer.Option("auto", help="auto | imagefolder | manifest | unlabeled | coco | yolo | hf | fiftyone"),
     split: Optional[str] = typer.Option(None, help="Split to assign when the layout has none (train/val/test)."),
+    label_rule: str = typer.Option("majority", "--label-rule", "--coco-label",
+                                   help="COCO/YOLO image label from the boxes' categories: majority | single | multi."),
+    images: Optional[Path] = typer.Option(None, "--images", help="COCO: folder the file_name entries are relative "
+                                          "to (default: found next to the JSON)."),
 ):
-    """Ingest images into the catalog (idempotent: re-ingesting the same files is a no-op)."""
+    """Ingest images into the catalog (idempotent: re-ingesting the same files is a no-op).
+
+    Example: curate ingest data/annotations/instances_val.json --kind coco --coco-label majority -p proj
+    """
     from engine.ingest import ingest as do_ingest
 
     cat = open_project(project, create=True)
-    report = do_ingest(cat, source, kind=kind, split=split, progress=True)
+    report = do_ingest(cat, str(source), kind=kind, split=split, progress=True, label_rule=label_rule,
+                       images_dir=images)
     report.print(console)
 
 
