@@ -697,6 +697,38 @@ class Catalog:
         return self.query_df("SELECT * FROM boxes WHERE sample_id IN (SELECT unnest(?::BIGINT[])) "
                              "ORDER BY sample_id, box_index", [[int(i) for i in sample_ids]])
 
+    LIVE_LATEST_SQL = """
+        SELECT * FROM decisions d
+        WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+        QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
+    """
+
+    def label_issue_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
+        """Flagged label issues, most likely wrong first: ``sample_id, path, current_label, suggested_label,
+        suggested_confidence, label_quality`` (without the samples that already have a live decision)."""
+        reviewed = "" if include_reviewed else f" AND li.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        return self.query_df(f"""
+            WITH cur AS ({self.CURRENT_LABELS_SQL})
+            SELECT li.sample_id, s.path, cur.label AS current_label, li.suggested_label, li.suggested_confidence,
+                   li.label_quality
+            FROM label_issues li JOIN samples s ON s.id = li.sample_id LEFT JOIN cur ON cur.sample_id = li.sample_id
+            WHERE li.is_issue{reviewed}
+            ORDER BY li.label_quality ASC NULLS LAST, li.sample_id""")
+
+    def duplicate_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
+        """Non-keeper members of duplicate sets: ``set_id, sample_id, path, kind, similarity, current_label,
+        keeper_id, keeper_path`` (without the samples that already have a live decision)."""
+        reviewed = "" if include_reviewed else f" AND d.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        return self.query_df(f"""
+            WITH cur AS ({self.CURRENT_LABELS_SQL}),
+            keepers AS (SELECT set_id, min(sample_id) AS keeper_id FROM duplicates WHERE is_keeper GROUP BY set_id)
+            SELECT d.set_id, d.sample_id, s.path, d.kind, d.similarity, cur.label AS current_label, k.keeper_id,
+                   ks.path AS keeper_path
+            FROM duplicates d JOIN samples s ON s.id = d.sample_id LEFT JOIN cur ON cur.sample_id = d.sample_id
+            LEFT JOIN keepers k ON k.set_id = d.set_id LEFT JOIN samples ks ON ks.id = k.keeper_id
+            WHERE NOT coalesce(d.is_keeper, false){reviewed}
+            ORDER BY d.set_id, d.sample_id""")
+
     def sample_ids_by_path(self, paths: Sequence[str], con=None) -> dict[str, int]:
         sql = "SELECT path, id FROM samples WHERE path IN (SELECT unnest(?::VARCHAR[]))"
         if con is not None:

@@ -522,22 +522,46 @@ def decisions(
 @app.command()
 def export(
     project: Path = ProjectOpt,
-    format: list[str] = typer.Option(["csv"], "--format", "-f", help="csv | parquet | imagefolder (repeatable)."),
+    format: list[str] = typer.Option(["csv"], "--format", "-f", help="csv | parquet | imagefolder | coco | yolo | hf | "
+                                     "labelstudio | source (the format(s) the samples came from); repeatable."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New or empty folder (default: <project>/exports/<timestamp>)."),
-    copy: bool = typer.Option(False, "--copy/--symlink", help="ImageFolder tree: copy files instead of symlinking."),
+    copy: bool = typer.Option(False, "--copy/--symlink", help="ImageFolder / COCO / YOLO images: copy files instead of symlinking."),
     queue: bool = typer.Option(True, "--queue/--no-queue", help="Also export the annotation queue (CSV, JSON, Label Studio)."),
     url_prefix: Optional[str] = typer.Option(None, help="Label Studio data.image prefix, e.g. '/data/local-files/?d='."),
+    review: str = typer.Option("label-issues", "--for", help="--format labelstudio: review tasks for label-issues | duplicates."),
 ):
-    """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue."""
+    """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue.
+
+    Example: curate export --format coco --format labelstudio --for label-issues -o cleaned -p proj
+    """
     from engine.export import export_dataset
 
     res = export_dataset(open_project(project), out_dir=out, formats=format, link="copy" if copy else "symlink",
-                         queue=queue, url_prefix=url_prefix)
+                         queue=queue, url_prefix=url_prefix, review=review)
     console.print(f"exported {res.n_exported} of {res.n_samples} samples to {res.out_dir} "
                   f"({res.n_removed} removed, {res.n_relabelled} relabelled, {res.n_labelled} newly labelled"
                   + (f", {res.n_queue} queue items" if res.n_queue else "") + ")")
+    for fmt, counts in res.format_counts.items():
+        console.print(f"  {fmt}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
     for p in res.files:
         console.print(f"  {p}")
+
+
+@app.command("import-labelstudio")
+def import_labelstudio_cmd(
+    file: Path = typer.Argument(..., help="Label Studio JSON export of tasks made by `curate export --format labelstudio`."),
+    project: Path = ProjectOpt,
+):
+    """Record the annotators' review choices as decisions (relabel / keep / remove, who = the annotator).
+
+    Example: curate import-labelstudio project-3-at-2026-12-01.json -p proj
+    """
+    from engine.formats.labelstudio import import_review
+
+    rep = import_review(open_project(project), file)
+    console.print(f"{rep.tasks} tasks: {rep.relabelled} relabelled, {rep.kept} kept, {rep.removed} removed, "
+                  f"{rep.already_recorded} already recorded, {rep.not_annotated} without an annotation",
+                  highlight=False)
 
 
 def main() -> None:

@@ -294,3 +294,209 @@ def test_cli_ingest_coco_with_label_rule(tmp_path):
     assert "5 new" in res.output
     labels = open_project(tmp_path / "proj").current_labels()["label"]
     assert labels.isna().sum() == 2  # img0 (two categories) and img3 (no boxes)
+
+
+# ------------------------------------------------------------------------------------------- exports back
+def _sid(cat, name: str) -> int:
+    s = cat.samples("id, path")
+    return int(s[[Path(p).name == name for p in s["path"]]]["id"].iloc[0])
+
+
+def test_coco_round_trip_applies_decisions(tmp_path, project):
+    from engine.export import export_dataset
+    from engine.formats import coco
+
+    path = write_coco(tmp_path / "coco")
+    ingest(project, path, kind="coco")
+    project.add_decision(_sid(project, "img1.png"), "remove", reason="blurry")
+    project.add_decision(_sid(project, "img0.png"), "relabel", new_label="bird")  # a category COCO did not have
+    project.add_decision(_sid(project, "img4.png"), "relabel", new_label="dog")
+    project.add_decision(_sid(project, "img2.png"), "keep")
+    res = export_dataset(project, tmp_path / "out", formats=["coco"], queue=False)
+    assert res.format_counts["coco"] == {"images": 4, "annotations": 5, "boxes_relabelled": 3}
+    doc = json.loads((tmp_path / "out" / "coco" / "annotations.json").read_text())
+    assert sorted(im["id"] for im in doc["images"]) == [10, 12, 13, 14]  # img1 (id 11) removed, ids kept
+    assert {im["file_name"]: im.get("camera") for im in doc["images"]} == {
+        "img0.png": "A", "img2.png": "A", "img3.png": None, "img4.png": "B"}
+    cats = {c["id"]: c["name"] for c in doc["categories"]}
+    assert cats == {1: "cat", 2: "dog", 7: "car", 8: "bird"}
+    by_img = {}
+    for a in doc["annotations"]:
+        by_img.setdefault(a["image_id"], []).append((a["id"], cats[a["category_id"]], a["bbox"]))
+    assert by_img[10] == [(1, "bird", [1, 2, 10, 8]), (2, "bird", [5, 5, 4, 4]), (3, "dog", [0, 0, 20, 20])]
+    assert by_img[14] == [(6, "dog", [2, 2, 5, 5])]
+    assert by_img[12] == [(5, "car", [0.5, 1.5, 9, 9])]
+    assert 11 not in by_img
+    # the export is a COCO dataset curate reads back, with the decisions now in its labels
+    parsed = coco.parse(tmp_path / "out" / "coco" / "annotations.json")
+    assert not parsed.problems
+    assert {c.path.name: c.label for c in parsed.candidates} == {
+        "img0.png": "bird", "img2.png": "car", "img3.png": None, "img4.png": "dog"}
+    assert (tmp_path / "out" / "coco" / "images" / "img0.png").read_bytes() == (tmp_path / "coco" / "images" / "img0.png").read_bytes()
+
+
+def test_yolo_round_trip_applies_decisions(tmp_path, project):
+    from engine.catalog import init_project
+    from engine.export import export_dataset
+
+    write_yolo(tmp_path / "yolo")
+    ingest(project, tmp_path / "yolo", kind="yolo")
+    before = _samples(project)
+    project.add_decision(_sid(project, "val1.png"), "remove")
+    project.add_decision(_sid(project, "train1.png"), "relabel", new_label="person")
+    res = export_dataset(project, tmp_path / "out", formats=["yolo"], link="copy", queue=False)
+    assert res.format_counts["yolo"]["images"] == 4 and res.format_counts["yolo"]["boxes_relabelled"] == 1
+    out = tmp_path / "out" / "yolo"
+    assert not (out / "images" / "val" / "val1.png").exists()
+    assert (out / "labels" / "train" / "train1.txt").read_text().split()[0] == "0"  # bike box -> person
+    again = init_project(tmp_path / "p2")
+    rep = ingest(again, out, kind="auto")
+    assert rep.kind == "yolo" and rep.added == 4 and not rep.row_problems
+    after = _samples(again)
+    assert sorted(after.index) == ["train0.png", "train1.png", "train2.png", "val0.png"]
+    assert after.at["train1.png", "label"] == "person" and after.at["train0.png", "label"] == "person"
+    assert after["split"].to_dict() == before["split"].drop("val1.png").to_dict()
+    for name in ("train0.png", "val0.png"):
+        got = [b[1:] for b in after.at[name, "boxes"]]
+        assert np.allclose(got, [b[1:] for b in before.at[name, "boxes"]], atol=1e-3)
+        assert [b[0] for b in after.at[name, "boxes"]] == [b[0] for b in before.at[name, "boxes"]]
+
+
+def test_hf_round_trip_applies_decisions(tmp_path, project):
+    datasets = pytest.importorskip("datasets")
+    from engine.export import export_dataset
+
+    ingest(project, write_hf(tmp_path), kind="hf")
+    s = _samples(project).reset_index()
+    key = {(r.split, int(r.metadata["hf_row"])): int(r.sample_id) for r in s.itertuples()}
+    project.add_decision(key[("train", 0)], "remove")
+    project.add_decision(key[("test", 1)], "relabel", new_label="dog")
+    export_dataset(project, tmp_path / "out", formats=["source"], queue=False)  # source = hf here
+    back = datasets.load_from_disk(str(tmp_path / "out" / "hf"))
+    assert sorted(back) == ["test", "train"]
+    names = back["train"].features["label"].names
+    assert names == ["ant", "bee", "cow", "dog"]  # original order, the new class appended
+    train = back["train"]
+    assert [names[v] if v >= 0 else None for v in train["label"]] == ["bee", "cow", None]
+    assert train["camera"] == ["B", "A", "B"] and train["score"] == [2, 3, 4]  # original dtypes back
+    test = back["test"]
+    assert [names[v] for v in test["label"]] == ["bee", "dog"]
+    raw = datasets.load_from_disk(str(tmp_path / "hfdata"))["train"].cast_column("image", datasets.Image(decode=False))
+    out_raw = train.cast_column("image", datasets.Image(decode=False))
+    assert out_raw[0]["image"]["bytes"] == raw[1]["image"]["bytes"]
+
+
+def test_export_source_and_unknown_format(tmp_path, project):
+    from engine.export import export_dataset, source_formats
+
+    ingest(project, write_coco(tmp_path / "coco"), kind="coco")
+    write_image(tmp_path / "folder" / "x" / "a.png", seed=9)
+    ingest(project, tmp_path / "folder")
+    assert source_formats(project) == ["coco", "imagefolder"]
+    res = export_dataset(project, tmp_path / "out", formats=["source"], queue=False)
+    assert (tmp_path / "out" / "coco" / "annotations.json").is_file() and (tmp_path / "out" / "imagefolder").is_dir()
+    doc = json.loads((tmp_path / "out" / "coco" / "annotations.json").read_text())
+    assert len(doc["images"]) == 6  # the ImageFolder sample is in the COCO file too (no boxes)
+    assert res.n_exported == 6
+    with pytest.raises(CurateError, match="unknown export format 'voc'"):
+        export_dataset(project, tmp_path / "out2", formats=["voc"])
+
+
+# ------------------------------------------------------------------------------------------- Label Studio round trip
+def _with_findings(cat) -> dict[str, int]:
+    """A COCO project plus recorded label-issue and duplicate findings (as the analyses store them)."""
+    ids = {n: _sid(cat, n) for n in ("img0.png", "img1.png", "img2.png", "img3.png", "img4.png")}
+    run = cat.start_run("label_issues", {})
+    cat.replace_analysis("label_issues", pd.DataFrame({
+        "sample_id": [ids["img0.png"], ids["img1.png"], ids["img2.png"], ids["img4.png"]],
+        "given_label": ["cat", "dog", "car", "cat"], "suggested_label": ["dog", "cat", "cat", "cat"],
+        "suggested_confidence": [0.9, 0.8, 0.7, 0.99], "label_quality": [0.05, 0.1, 0.2, 0.95],
+        "is_issue": [True, True, True, False], "rank": [1, 2, 3, 4]}), run)
+    run = cat.start_run("duplicates", {})
+    cat.replace_analysis("duplicates", pd.DataFrame({
+        "set_id": [1, 1], "sample_id": [ids["img2.png"], ids["img3.png"]], "kind": ["near", "near"],
+        "similarity": [0.97, 0.97], "is_keeper": [True, False], "crosses_splits": [False, False]}), run)
+    return ids
+
+
+def test_labelstudio_round_trip(tmp_path, project):
+    from engine.cli import app
+    from engine.export import cleaned_dataset
+
+    ingest(project, write_coco(tmp_path / "coco"), kind="coco")
+    ids = _with_findings(project)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export", "--format", "labelstudio", "--for", "label-issues", "-o",
+                              str(tmp_path / "ls"), "-p", str(project.root), "--url-prefix", "/data/local-files/?d="])
+    assert res.exit_code == 0, res.output
+    tasks = json.loads((tmp_path / "ls" / "label_studio_review.json").read_text())
+    assert [t["data"]["sample_id"] for t in tasks] == [ids["img0.png"], ids["img1.png"], ids["img2.png"]]
+    t0 = tasks[0]
+    assert t0["data"]["image"].startswith("/data/local-files/?d=") and t0["data"]["image"].endswith("img0.png")
+    assert t0["data"]["current_label"] == "cat" and t0["data"]["suggested_label"] == "dog"
+    assert t0["predictions"] == [
+        {"model_version": "curate-suggestion", "score": 0.9,
+         "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["dog"]}}]},
+        {"model_version": "current-label", "score": 0.05,
+         "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat"]}}]}]
+    config = (tmp_path / "ls" / "label_studio_config.xml").read_text()
+    assert '<Choices name="label" toName="image"' in config and '<Choice value="car"/>' in config
+
+    # what Label Studio's JSON export gives back after annotation
+    def ann(choice, who, cancelled=False):
+        return {"id": 1, "completed_by": who, "was_cancelled": cancelled, "result": [
+            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]}
+
+    exported = [
+        {**tasks[0], "id": 101, "annotations": [ann("dog", {"id": 3, "email": "ann@example.org"})]},  # takes suggestion
+        {**tasks[1], "id": 102, "annotations": [ann("dog", 7)]},  # confirms the current label
+        {**tasks[2], "id": 103, "annotations": [ann("cat", 7, cancelled=True)]},  # skipped
+    ]
+    (tmp_path / "done.json").write_text(json.dumps(exported))
+    res = runner.invoke(app, ["import-labelstudio", str(tmp_path / "done.json"), "-p", str(project.root)])
+    assert res.exit_code == 0, res.output
+    assert "1 relabelled, 1 kept, 0 removed, 0 already recorded, 1 without an annotation" in res.output
+    d = project.live_decisions().set_index("sample_id")
+    assert d.at[ids["img0.png"], "action"] == "relabel" and d.at[ids["img0.png"], "new_label"] == "dog"
+    assert d.at[ids["img0.png"], "who"] == "ann@example.org"
+    assert d.at[ids["img1.png"], "action"] == "keep" and d.at[ids["img1.png"], "who"] == "7"
+    assert ids["img2.png"] not in d.index
+    # idempotent: the same file again records nothing
+    res = runner.invoke(app, ["import-labelstudio", str(tmp_path / "done.json"), "-p", str(project.root)])
+    assert "0 relabelled, 0 kept, 0 removed, 2 already recorded" in res.output
+    assert len(project.decisions()) == 2
+    manifest, _ = cleaned_dataset(project)
+    assert manifest.set_index("sample_id").at[ids["img0.png"], "label"] == "dog"
+    # reviewed samples leave the next batch of tasks
+    res = runner.invoke(app, ["export", "--format", "labelstudio", "-o", str(tmp_path / "ls2"), "-p", str(project.root)])
+    assert [t["data"]["sample_id"] for t in json.loads((tmp_path / "ls2" / "label_studio_review.json").read_text())] \
+        == [ids["img2.png"]]
+
+
+def test_labelstudio_duplicates_round_trip_and_bad_tasks(tmp_path, project):
+    from engine.export import cleaned_dataset, export_dataset
+    from engine.formats.labelstudio import import_review
+
+    ingest(project, write_coco(tmp_path / "coco"), kind="coco")
+    ids = _with_findings(project)
+    export_dataset(project, tmp_path / "ls", formats=["labelstudio"], review="duplicates", queue=False)
+    tasks = json.loads((tmp_path / "ls" / "label_studio_review.json").read_text())
+    assert len(tasks) == 1 and tasks[0]["data"]["sample_id"] == ids["img3.png"]
+    assert tasks[0]["data"]["keeper_id"] == ids["img2.png"] and tasks[0]["data"]["keeper_image"].endswith("img2.png")
+    assert tasks[0]["predictions"][0]["score"] == pytest.approx(0.97)
+    assert tasks[0]["predictions"][0]["result"][0]["from_name"] == "decision"
+    tasks[0]["annotations"] = [{"completed_by": {"email": "rev@example.org"}, "result": [
+        {"from_name": "decision", "to_name": "image", "type": "choices", "value": {"choices": ["remove"]}}]}]
+    (tmp_path / "done.json").write_text(json.dumps(tasks))
+    rep = import_review(project, tmp_path / "done.json")
+    assert rep.removed == 1
+    manifest, changes = cleaned_dataset(project)
+    assert ids["img3.png"] not in manifest["sample_id"].values
+    assert changes.set_index("sample_id").at[ids["img3.png"], "decided_by"] == "rev@example.org"
+    # a task curate cannot match: nothing is recorded, the task is named
+    bad = [{"id": 5, "data": {"image": "/nowhere.png"}, "annotations": []}]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    n = len(project.decisions())
+    with pytest.raises(CurateError, match=r"bad.json task 1 \(id 5\): has no data.sample_id"):
+        import_review(project, tmp_path / "bad.json")
+    assert len(project.decisions()) == n
