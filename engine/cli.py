@@ -427,6 +427,8 @@ def query(
     include_outliers: bool = typer.Option(False, help="Also select samples flagged as outliers."),
     url_prefix: Optional[str] = typer.Option(None, help="Image URL prefix for the Label Studio tasks, "
                                              "e.g. /data/local-files/?d="),
+    balance_by: Optional[str] = typer.Option(None, "--balance-by", help="Sample metadata key (e.g. camera) whose "
+                                             "values the batch is spread across."),
     out_of_core: Optional[bool] = OocOpt,
 ):
     """Select the next batch to label (table `queries`) and export it as CSV/JSON/Label Studio tasks."""
@@ -434,7 +436,7 @@ def query(
 
     res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
                      max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix,
-                     out_of_core=out_of_core)
+                     out_of_core=out_of_core, balance_by=balance_by)
     if res.batch_id is None:
         console.print("nothing to query: every embedded sample is labeled or excluded")
         return

@@ -500,3 +500,45 @@ def test_labelstudio_duplicates_round_trip_and_bad_tasks(tmp_path, project):
     with pytest.raises(CurateError, match=r"bad.json task 1 \(id 5\): has no data.sample_id"):
         import_review(project, tmp_path / "bad.json")
     assert len(project.decisions()) == n
+
+
+# ------------------------------------------------------------------------------------------- metadata -> balanced batches
+def test_select_spreads_a_batch_across_groups():
+    from engine.analyses.active import balanced_group_cap, select
+
+    X = np.random.default_rng(0).normal(size=(82, 8)).astype("float32")
+    groups = np.array([0] * 50 + [1] * 30 + [2] * 2)
+    plain = select("random", X, np.zeros(82, bool), budget=12, seed=1)
+    assert np.bincount(groups[plain.indices], minlength=3)[0] > 5  # unbalanced: mostly the big group
+    for strategy in ("random", "coreset", "typiclust"):
+        sel = select(strategy, X, np.zeros(82, bool), budget=12, seed=1, groups=groups)
+        assert np.bincount(groups[sel.indices], minlength=3).tolist() == [5, 5, 2], strategy
+    assert balanced_group_cap([50, 30, 2], 12) == 5
+
+
+def test_query_balance_by_metadata(tmp_path, project):
+    from engine.analyses import active
+    from engine.byo import import_embeddings
+    from engine.cli import app
+
+    cams = ["A"] * 20 + ["B"] * 8 + ["C"] * 2
+    lines = ["path,camera"]
+    for i, cam in enumerate(cams):
+        write_image(tmp_path / "m" / f"{i:02d}.png", seed=500 + i, size=(12, 12))
+        lines.append(f"{i:02d}.png,{cam}")
+    (tmp_path / "m" / "list.csv").write_text("\n".join(lines) + "\n")
+    ingest(project, tmp_path / "m" / "list.csv")
+    s = project.samples("id, path")
+    X = np.random.default_rng(0).normal(size=(len(s), 8)).astype("float32")
+    np.savez(tmp_path / "vecs.npz", vectors=X, ids=s["id"].to_numpy())
+    enc = import_embeddings(project, tmp_path / "vecs.npz", encoder="byo:toy").target
+    res = active.run(project, strategy="random", budget=9, encoder=enc, balance_by="camera", export=False)
+    cam_of = dict(zip(project.metadata()["sample_id"], project.metadata()["value"]))
+    counts = pd.Series([cam_of[i] for i in res.table["sample_id"]]).value_counts()
+    assert len(res.table) == 9 and counts.max() <= 4 and set(counts.index) == {"A", "B", "C"}
+    assert res.info["group_cap"] == 4
+    with pytest.raises(CurateError, match="no sample has metadata 'site'; --balance-by takes one of: camera"):
+        active.run(project, strategy="random", budget=3, encoder=enc, balance_by="site")
+    out = CliRunner().invoke(app, ["query", "--strategy", "random", "--budget", "3", "--balance-by", "camera",
+                                   "-p", str(project.root)])
+    assert out.exit_code == 0, out.output
