@@ -542,3 +542,25 @@ def test_query_balance_by_metadata(tmp_path, project):
     out = CliRunner().invoke(app, ["query", "--strategy", "random", "--budget", "3", "--balance-by", "camera",
                                    "-p", str(project.root)])
     assert out.exit_code == 0, out.output
+
+
+def test_ui_label_issues_filter_by_metadata(tmp_path, project, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    ingest(project, write_coco(tmp_path / "coco"), kind="coco")
+    ids = _with_findings(project)  # flagged: img0 (camera A), img1 (B), img2 (A)
+    monkeypatch.setenv("CURATE_PROJECT", str(project.root))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "main.py"), default_timeout=60)
+    at.switch_page("views/label_issues.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    def shown() -> set[int]:
+        text = "\n".join(m.value for m in at.markdown)
+        return {i for i in ids.values() if f"**#{i}**" in text}
+
+    assert shown() == {ids["img0.png"], ids["img1.png"], ids["img2.png"]}
+    at.selectbox(key="li-meta-key").select("camera").run()
+    assert at.multiselect(key="li-meta-values").options == ["A", "B"]
+    at.multiselect(key="li-meta-values").select("A").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert shown() == {ids["img0.png"], ids["img2.png"]}
