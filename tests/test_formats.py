@@ -246,7 +246,7 @@ def test_hf_missing_cached_dataset_is_a_clear_error(project):
 # ------------------------------------------------------------------------------------------- FiftyOne in
 def test_fiftyone_labels_json_import(tmp_path, project):
     root = write_fiftyone(tmp_path / "fo")
-    assert detect_kind(root) == "fiftyone"
+    assert detect_kind(root) == "fiftyone" and detect_kind(root / "labels.json") == "fiftyone"
     rep = ingest(project, root)
     assert rep.kind == "fiftyone" and rep.added == 4 and not rep.row_problems
     s = _samples(project)

@@ -116,9 +116,11 @@ def detect_format(source: Path) -> str | None:
     if source.is_file():
         suffix = source.suffix.lower()
         if suffix == ".json":
-            from engine.formats import coco
+            from engine.formats import coco, fiftyone
 
-            return "coco" if coco.looks_like_coco(source) else None
+            if coco.looks_like_coco(source):
+                return "coco"
+            return "fiftyone" if fiftyone.looks_like_fiftyone(source) else None
         if suffix in (".yaml", ".yml"):
             return "yolo"
         return None

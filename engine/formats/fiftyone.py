@@ -39,6 +39,8 @@ def _is_labels_json(path: Path) -> bool:
 
 def looks_like_fiftyone(root: Path) -> bool:
     """A folder with ``labels.json`` holding ``classes`` and ``labels`` (or split subfolders that each have one)."""
+    if root.is_file():  # the labels.json itself
+        return root.name == "labels.json" and _is_labels_json(root)
     if _is_labels_json(root / "labels.json"):
         return True
     subs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")] if root.is_dir() else []
@@ -100,6 +102,8 @@ def parse(root: Path, split: str | None = None) -> Parsed:
     from engine.ingest import SPLIT_NAMES, discover_imagefolder
 
     root = Path(root).expanduser().resolve()
+    if root.is_file() and root.name == "labels.json":
+        root = root.parent
     if not root.is_dir():
         raise CurateError(f"{root} is not a folder; --kind fiftyone needs a FiftyOne export folder")
     out: list = []
