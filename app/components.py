@@ -288,6 +288,20 @@ def image_grid(root: str, page: pd.DataFrame, ns: str, caption: Callable[[pd.Ser
                     st.checkbox("select", key=f"{ns}-sel-{int(row['sample_id'])}")
 
 
+def metadata_filter(root: str, runs_rev: tuple, ns: str) -> tuple:
+    """A metadata key picker + value multiselect (only when the project has sample metadata); returns the
+    ``meta`` filter of :func:`app.data.label_issues_page`: ``()`` or ``(key, (values...))``."""
+    keys = data.metadata_keys(root, runs_rev)
+    if not keys:
+        return ()
+    key = st.selectbox("Metadata", ["(any)"] + keys, key=f"{ns}-meta-key", width=160)
+    if key == "(any)":
+        return ()
+    values = st.multiselect(f"{key} is", data.metadata_values(root, runs_rev, key), key=f"{ns}-meta-values",
+                            width=220)
+    return (key, tuple(values)) if values else ()
+
+
 def no_data(message: str) -> None:
     """An empty-state box telling the user which command fills this page."""
     st.info(message, icon=":material/info:")

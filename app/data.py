@@ -172,6 +172,33 @@ def _attach_samples(con, df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in ("path", "split", "label") if c in df.columns]).merge(info, on="sample_id", how="left")
 
 
+def _metadata_clause(sample_col: str, meta: tuple) -> list[tuple[str, list]]:
+    """``meta`` = ``(key, (value, ...))`` -> a clause keeping the rows whose ``sample_col`` sample has metadata
+    ``key`` equal to one of the values (``()``: no clause).  ``sample_col`` is a constant of the caller's SQL."""
+    if not meta or not meta[1]:
+        return []
+    key, values = meta
+    return [(f"{sample_col} IN (SELECT sample_id FROM sample_metadata WHERE key = ? "
+             "AND value IN (SELECT unnest(?::VARCHAR[])))", [str(key), [str(v) for v in values]])]
+
+
+@st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
+def metadata_keys(root: str, runs_rev: tuple) -> list[str]:
+    """Sample metadata keys (extra manifest columns, COCO attributes, HF columns), most common first."""
+    with connection(root) as con:
+        return [r[0] for r in con.execute(
+            "SELECT key FROM sample_metadata GROUP BY key ORDER BY count(*) DESC, key").fetchall()]
+
+
+@st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
+def metadata_values(root: str, runs_rev: tuple, key: str, limit: int = 500) -> list[str]:
+    """The most common values of metadata ``key`` (at most ``limit``), for a filter's choices."""
+    with connection(root) as con:
+        return [r[0] for r in con.execute(
+            "SELECT value FROM sample_metadata WHERE key = ? AND value IS NOT NULL GROUP BY value "
+            "ORDER BY count(*) DESC, value LIMIT ?", [key, int(limit)]).fetchall()]
+
+
 def _contains_pattern(text: str) -> str:
     """An ``ILIKE ... ESCAPE '\\'`` pattern matching ``text`` anywhere, with ``%`` and ``_`` taken literally."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -250,9 +277,11 @@ def class_names(root: str, rev: tuple) -> list[str]:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def label_issues_page(root: str, rev: tuple, only_flagged: bool = True, given: tuple[str, ...] = (),
                       suggested: tuple[str, ...] = (), status: str = "unreviewed", search: str = "",
-                      limit: int = PAGE_SIZE, offset: int = 0) -> tuple[int, pd.DataFrame]:
-    """One page of label issues, most likely wrong first (lowest ``label_quality``); returns (total, page)."""
-    clauses: list[tuple[str, list]] = []
+                      limit: int = PAGE_SIZE, offset: int = 0, meta: tuple = ()) -> tuple[int, pd.DataFrame]:
+    """One page of label issues, most likely wrong first (lowest ``label_quality``); returns (total, page).
+
+    ``meta`` = ``(key, (values...))`` keeps the samples whose metadata ``key`` is one of the values."""
+    clauses: list[tuple[str, list]] = _metadata_clause("li.sample_id", meta)
     if only_flagged:
         clauses.append(("li.is_issue", []))
     if given:
@@ -331,9 +360,9 @@ def duplicate_sets_page(root: str, rev: tuple, kinds: tuple[str, ...] = (), cros
 # ------------------------------------------------------------------------------------------- outliers / quality
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def outliers_page(root: str, rev: tuple, only_flagged: bool = True, status: str = "unreviewed",
-                  limit: int = PAGE_SIZE, offset: int = 0) -> tuple[int, pd.DataFrame]:
-    """One page of outliers, most atypical first (lowest score)."""
-    clauses: list[tuple[str, list]] = []
+                  limit: int = PAGE_SIZE, offset: int = 0, meta: tuple = ()) -> tuple[int, pd.DataFrame]:
+    """One page of outliers, most atypical first (lowest score); ``meta`` as in :func:`label_issues_page`."""
+    clauses: list[tuple[str, list]] = _metadata_clause("o.sample_id", meta)
     if only_flagged:
         clauses.append(("o.is_outlier", []))
     if STATUS_SQL.get(status):

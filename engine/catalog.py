@@ -271,6 +271,43 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
         """,
     ),
+    (
+        2,
+        # issue 18: formats (COCO, YOLO, Hugging Face, FiftyOne) and per-sample metadata
+        """
+        CREATE TABLE sample_metadata (
+            sample_id BIGINT NOT NULL,
+            key VARCHAR NOT NULL,
+            value VARCHAR,
+            PRIMARY KEY (sample_id, key)
+        );
+        CREATE INDEX idx_metadata_key ON sample_metadata(key, value);
+        CREATE TABLE boxes (
+            sample_id BIGINT NOT NULL,
+            box_index INTEGER NOT NULL,
+            category VARCHAR NOT NULL,
+            x DOUBLE NOT NULL,
+            y DOUBLE NOT NULL,
+            w DOUBLE NOT NULL,
+            h DOUBLE NOT NULL,
+            attributes JSON,
+            PRIMARY KEY (sample_id, box_index)
+        );
+        CREATE TABLE sample_sources (
+            sample_id BIGINT PRIMARY KEY,
+            format VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            source_id VARCHAR,
+            record JSON
+        );
+        CREATE TABLE imports (
+            source VARCHAR PRIMARY KEY,
+            format VARCHAR NOT NULL,
+            info JSON,
+            updated_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -594,6 +631,110 @@ class Catalog:
                 _do(c)
         return len(rows)
 
+    # ---------------------------------------------------------------- metadata, boxes, sources (issue 18)
+    def write_sample_extras(self, con, metadata: Sequence[tuple[int, str, str | None]] = (),
+                            boxes: Sequence[tuple] = (), boxed_samples: Sequence[int] = (),
+                            sources: Sequence[tuple[int, str, str, str | None, str | None]] = ()) -> None:
+        """Inside an ingest transaction: upsert ``metadata`` rows (sample_id, key, value); replace the boxes of
+        ``boxed_samples`` by ``boxes`` rows (sample_id, box_index, category, x, y, w, h, attributes JSON); upsert
+        ``sources`` rows (sample_id, format, source, source_id, record JSON).  Reruns give the same rows."""
+        if metadata:
+            con.executemany("INSERT OR REPLACE INTO sample_metadata VALUES (?, ?, ?)", [list(r) for r in metadata])
+        if boxed_samples:
+            con.execute("DELETE FROM boxes WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
+                        [[int(s) for s in boxed_samples]])
+        if boxes:
+            con.executemany("INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [list(r) for r in boxes])
+        if sources:
+            con.executemany("INSERT OR REPLACE INTO sample_sources VALUES (?, ?, ?, ?, ?)", [list(r) for r in sources])
+
+    def set_import_info(self, source: str, fmt: str, info: dict, con=None) -> None:
+        """Remember what an imported dataset looked like (COCO categories, YOLO names, HF features...), so an
+        export can write the same format back."""
+        args = [source, fmt, json.dumps(info, default=_json_default), utcnow()]
+        if con is not None:
+            con.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?)", args)
+        else:
+            with self.transaction() as c:
+                c.execute("INSERT OR REPLACE INTO imports VALUES (?, ?, ?, ?)", args)
+
+    def import_infos(self) -> list[dict]:
+        """The imported datasets, oldest first: ``source``, ``format``, ``info`` (dict)."""
+        rows = self.query("SELECT source, format, info FROM imports ORDER BY updated_at, source")
+        return [{"source": s, "format": f, "info": json.loads(i) if i else {}} for s, f, i in rows]
+
+    def sample_sources(self) -> pd.DataFrame:
+        """``sample_id, format, source, source_id, record`` (JSON text) of samples that came from a format importer."""
+        return self.query_df("SELECT * FROM sample_sources ORDER BY sample_id")
+
+    def metadata(self, sample_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """Long table ``sample_id, key, value`` (all samples, or only ``sample_ids``)."""
+        if sample_ids is None:
+            return self.query_df("SELECT sample_id, key, value FROM sample_metadata ORDER BY sample_id, key")
+        return self.query_df("SELECT sample_id, key, value FROM sample_metadata WHERE sample_id IN "
+                             "(SELECT unnest(?::BIGINT[])) ORDER BY sample_id, key", [[int(i) for i in sample_ids]])
+
+    def metadata_keys(self) -> pd.DataFrame:
+        """``key, samples, distinct_values`` of every metadata key, most common first."""
+        return self.query_df("SELECT key, count(*) AS samples, count(DISTINCT value) AS distinct_values "
+                             "FROM sample_metadata GROUP BY key ORDER BY samples DESC, key")
+
+    def metadata_values(self, key: str, sample_ids: Sequence[int]) -> list[str | None]:
+        """The value of metadata ``key`` for each of ``sample_ids`` (None where a sample has none), in order."""
+        ids = pd.DataFrame({"pos": np.arange(len(sample_ids), dtype=np.int64),
+                            "sample_id": np.asarray(sample_ids, dtype=np.int64)})
+        with self.connect(read_only=True) as con:
+            con.register("_meta_rows", ids)
+            vals = con.execute("SELECT m.value FROM _meta_rows r LEFT JOIN sample_metadata m "
+                               "ON m.sample_id = r.sample_id AND m.key = ? ORDER BY r.pos", [key]).fetchall()
+            con.unregister("_meta_rows")
+        return [v[0] for v in vals]
+
+    def boxes(self, sample_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """``sample_id, box_index, category, x, y, w, h, attributes`` (pixels, top-left corner; COCO's convention)."""
+        if sample_ids is None:
+            return self.query_df("SELECT * FROM boxes ORDER BY sample_id, box_index")
+        return self.query_df("SELECT * FROM boxes WHERE sample_id IN (SELECT unnest(?::BIGINT[])) "
+                             "ORDER BY sample_id, box_index", [[int(i) for i in sample_ids]])
+
+    LIVE_LATEST_SQL = """
+        SELECT * FROM decisions d
+        WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+        QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
+    """
+
+    def label_issue_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
+        """Flagged label issues, most likely wrong first: ``sample_id, path, current_label, suggested_label,
+        suggested_confidence, label_quality`` (without the samples that already have a live decision)."""
+        reviewed = "" if include_reviewed else f" AND li.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        return self.query_df(f"""
+            WITH cur AS ({self.CURRENT_LABELS_SQL})
+            SELECT li.sample_id, s.path, cur.label AS current_label, li.suggested_label, li.suggested_confidence,
+                   li.label_quality
+            FROM label_issues li JOIN samples s ON s.id = li.sample_id LEFT JOIN cur ON cur.sample_id = li.sample_id
+            WHERE li.is_issue{reviewed}
+            ORDER BY li.label_quality ASC NULLS LAST, li.sample_id""")
+
+    def duplicate_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
+        """Non-keeper members of duplicate sets: ``set_id, sample_id, path, kind, similarity, current_label,
+        keeper_id, keeper_path`` (without the samples that already have a live decision)."""
+        reviewed = "" if include_reviewed else f" AND d.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        return self.query_df(f"""
+            WITH cur AS ({self.CURRENT_LABELS_SQL}),
+            keepers AS (SELECT set_id, min(sample_id) AS keeper_id FROM duplicates WHERE is_keeper GROUP BY set_id)
+            SELECT d.set_id, d.sample_id, s.path, d.kind, d.similarity, cur.label AS current_label, k.keeper_id,
+                   ks.path AS keeper_path
+            FROM duplicates d JOIN samples s ON s.id = d.sample_id LEFT JOIN cur ON cur.sample_id = d.sample_id
+            LEFT JOIN keepers k ON k.set_id = d.set_id LEFT JOIN samples ks ON ks.id = k.keeper_id
+            WHERE NOT coalesce(d.is_keeper, false){reviewed}
+            ORDER BY d.set_id, d.sample_id""")
+
+    def sample_ids_by_path(self, paths: Sequence[str], con=None) -> dict[str, int]:
+        sql = "SELECT path, id FROM samples WHERE path IN (SELECT unnest(?::VARCHAR[]))"
+        if con is not None:
+            return dict(con.execute(sql, [list(paths)]).fetchall())
+        return dict(self.query(sql, [list(paths)]))
+
     # ---------------------------------------------------------------- quarantine
     def quarantine_rows(self) -> pd.DataFrame:
         return self.query_df("SELECT * FROM quarantine ORDER BY created_at, path")
@@ -672,15 +813,20 @@ class Catalog:
                      who: str | None = None) -> int:
         return self.add_decisions([(sample_id, action, new_label, reason)], who=who)[0]
 
-    def add_decisions(self, rows: Iterable[tuple[int, str, str | None, str]], who: str | None = None) -> list[int]:
-        """Append decisions (sample_id, action, new_label, reason) in one transaction; returns their ids."""
+    def add_decisions(self, rows: Iterable[tuple], who: str | None = None) -> list[int]:
+        """Append decisions (sample_id, action, new_label, reason[, who]) in one transaction; returns their ids.
+
+        A row's own fifth element ``who`` (e.g. the annotator of an imported Label Studio task) overrides ``who``.
+        """
         rows = list(rows)
         who = who or os.environ.get("USER") or "curate"
         ids: list[int] = []
         with self.transaction() as con:
             known = {r[0] for r in con.execute(
                 "SELECT id FROM samples WHERE id IN (SELECT unnest(?))", [[int(r[0]) for r in rows]]).fetchall()}
-            for sample_id, action, new_label, reason in rows:
+            for row in rows:
+                sample_id, action, new_label, reason = row[:4]
+                row_who = str(row[4]) if len(row) > 4 and row[4] not in (None, "") else who
                 if action not in DECISION_ACTIONS:
                     raise CurateError(f"unknown decision action {action!r}; use one of {', '.join(DECISION_ACTIONS)}")
                 if int(sample_id) not in known:
@@ -695,7 +841,7 @@ class Catalog:
                 did = con.execute("SELECT nextval('seq_decision')").fetchone()[0]
                 con.execute(
                     "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [did, int(sample_id), action, new_label, reason or "", who, utcnow()],
+                    [did, int(sample_id), action, new_label, reason or "", row_who, utcnow()],
                 )
                 ids.append(int(did))
         return ids

@@ -91,10 +91,16 @@ def init(directory: Path = typer.Argument(Path(DEFAULT_PROJECT), help="Folder fo
 
 @app.command()
 def ingest(
-    source: Path = typer.Argument(..., help="ImageFolder root, unlabeled folder, or a CSV/Parquet manifest."),
+    source: Path = typer.Argument(..., help="ImageFolder root, unlabeled folder, CSV/Parquet manifest, COCO JSON, "
+                                  "YOLO data.yaml, Hugging Face save_to_disk folder (or cached dataset name), "
+                                  "FiftyOne export folder."),
     project: Path = ProjectOpt,
-    kind: str = typer.Option("auto", help="auto | imagefolder | manifest | unlabeled"),
+    kind: str = typer.Option("auto", help="auto | imagefolder | manifest | unlabeled | coco | yolo | hf | fiftyone"),
     split: Optional[str] = typer.Option(None, help="Split to assign when the layout has none (train/val/test)."),
+    label_rule: str = typer.Option("majority", "--label-rule", "--coco-label",
+                                   help="COCO/YOLO image label from the boxes' categories: majority | single | multi."),
+    images: Optional[Path] = typer.Option(None, "--images", help="COCO: folder the file_name entries are relative "
+                                          "to (default: found next to the JSON)."),
     quiet: bool = QuietOpt,
 ):
     """Ingest images into the catalog (idempotent: re-ingesting the same files is a no-op).
@@ -104,7 +110,8 @@ def ingest(
     from engine.ingest import ingest as do_ingest
 
     cat = open_project(project, create=True)
-    report = do_ingest(cat, source, kind=kind, split=split, progress=progress_enabled(quiet))
+    report = do_ingest(cat, str(source), kind=kind, split=split, progress=progress_enabled(quiet),
+                       label_rule=label_rule, images_dir=images)
     report.print(console)
 
 
@@ -522,6 +529,8 @@ def query(
     include_outliers: bool = typer.Option(False, help="Also select samples flagged as outliers."),
     url_prefix: Optional[str] = typer.Option(None, help="Image URL prefix for the Label Studio tasks, "
                                              "e.g. /data/local-files/?d="),
+    balance_by: Optional[str] = typer.Option(None, "--balance-by", help="Sample metadata key (e.g. camera) whose "
+                                             "values the batch is spread across."),
     out_of_core: Optional[bool] = OocOpt,
     quiet: bool = QuietOpt,
 ):
@@ -534,7 +543,7 @@ def query(
     with shown("query", progress_enabled(quiet)) as progress:
         res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
                          max_per_class=max_per_class, exclude_outliers=not include_outliers, url_prefix=url_prefix,
-                         out_of_core=out_of_core, progress=progress)
+                         out_of_core=out_of_core, balance_by=balance_by, progress=progress)
     if res.batch_id is None:
         console.print("nothing to query: every embedded sample is labeled or excluded")
         return
@@ -637,25 +646,46 @@ def decisions(
 @app.command()
 def export(
     project: Path = ProjectOpt,
-    format: list[str] = typer.Option(["csv"], "--format", "-f", help="csv | parquet | imagefolder (repeatable)."),
+    format: list[str] = typer.Option(["csv"], "--format", "-f", help="csv | parquet | imagefolder | coco | yolo | hf | "
+                                     "labelstudio | source (the format(s) the samples came from); repeatable."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="New or empty folder (default: <project>/exports/<timestamp>)."),
-    copy: bool = typer.Option(False, "--copy/--symlink", help="ImageFolder tree: copy files instead of symlinking."),
+    copy: bool = typer.Option(False, "--copy/--symlink", help="ImageFolder / COCO / YOLO images: copy files instead of symlinking."),
     queue: bool = typer.Option(True, "--queue/--no-queue", help="Also export the annotation queue (CSV, JSON, Label Studio)."),
     url_prefix: Optional[str] = typer.Option(None, help="Label Studio data.image prefix, e.g. '/data/local-files/?d='."),
+    review: str = typer.Option("label-issues", "--for", help="--format labelstudio: review tasks for label-issues | duplicates."),
 ):
     """Export the cleaned dataset (live decisions applied), a changes report and the annotation queue.
 
-    Example: curate export -p my-project -f csv -f imagefolder --out cleaned/
+    Example: curate export --format coco --format labelstudio --for label-issues -o cleaned -p proj
     """
     from engine.export import export_dataset
 
     res = export_dataset(open_project(project), out_dir=out, formats=format, link="copy" if copy else "symlink",
-                         queue=queue, url_prefix=url_prefix)
+                         queue=queue, url_prefix=url_prefix, review=review)
     console.print(f"exported {res.n_exported} of {res.n_samples} samples to {res.out_dir} "
                   f"({res.n_removed} removed, {res.n_relabelled} relabelled, {res.n_labelled} newly labelled"
                   + (f", {res.n_queue} queue items" if res.n_queue else "") + ")")
+    for fmt, counts in res.format_counts.items():
+        console.print(f"  {fmt}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
     for p in res.files:
         console.print(f"  {p}")
+
+
+@app.command("import-labelstudio")
+def import_labelstudio_cmd(
+    file: Path = typer.Argument(..., help="Label Studio JSON export of tasks made by `curate export --format labelstudio`."),
+    project: Path = ProjectOpt,
+):
+    """Record the annotators' review choices as decisions (relabel / keep / remove, who = the annotator).
+
+    Example: curate import-labelstudio project-3-at-2026-12-01.json -p proj
+    """
+    from engine.formats.labelstudio import import_review
+
+    rep = import_review(open_project(project), file)
+    console.print(f"{rep.tasks} tasks: {rep.relabelled} relabelled, {rep.kept} kept, {rep.removed} removed, "
+                  f"{rep.already_recorded} already recorded, {rep.not_annotated} without an annotation",
+                  highlight=False)
 
 
 def _click_exceptions():

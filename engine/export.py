@@ -16,6 +16,10 @@ Everything is written inside one output folder, by default ``<project>/exports/<
     manifest.csv | manifest.parquet   path, label, split, sample_id of the samples that stay
     changes.csv + changes.json        what was removed / relabelled / labelled, why and by which decision
     imagefolder/[<split>/]<class>/<sample_id>_<file>   symlinks (default) or copies
+    coco/annotations.json + coco/images/      COCO instances (removed images dropped, relabels moved to boxes)
+    yolo/data.yaml + yolo/{images,labels}/<split>/      YOLO detection layout
+    hf/                               Hugging Face ``save_to_disk`` (DatasetDict by split when there are splits)
+    label_studio_review.json + label_studio_config.xml  review tasks for label issues or duplicates
     queue.csv + queue.json            the active-learning queue (``queries`` table), when there is one
     label_studio.json                 the queue's unlabelled samples as Label Studio import tasks
     export.json                       counts and options of this export
@@ -48,7 +52,12 @@ import pandas as pd
 from engine.catalog import Catalog, CurateError, code_version, fault_pause, utcnow
 
 MANIFEST_FORMATS = ("csv", "parquet")
-FORMATS = MANIFEST_FORMATS + ("imagefolder",)
+DATASET_FORMATS = ("coco", "yolo", "hf")  # engine.formats writers: the cleaned set in a detection / HF format
+REVIEW_TARGETS = ("label-issues", "duplicates")
+FORMATS = MANIFEST_FORMATS + ("imagefolder",) + DATASET_FORMATS + ("labelstudio", "source")
+# what `--format source` exports for samples ingested as each kind (a FiftyOne directory tree is an ImageFolder)
+SOURCE_FORMATS = {"coco": "coco", "yolo": "yolo", "hf": "hf", "fiftyone": "imagefolder", "imagefolder": "imagefolder",
+                  "manifest": "csv", "unlabeled": "csv"}
 LINK_MODES = ("symlink", "copy")
 MANIFEST_COLUMNS = ["path", "label", "split", "sample_id"]
 CHANGES_COLUMNS = ["sample_id", "path", "change", "given_label", "new_label", "action", "reason", "decision_id",
@@ -74,6 +83,7 @@ class ExportResult:
     n_unlabelled_skipped: int = 0
     n_missing_files: int = 0
     n_queue: int = 0
+    format_counts: dict = field(default_factory=dict)  # per dataset format: images, boxes, ... written
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -339,17 +349,23 @@ def write_imagefolder(manifest: pd.DataFrame, root: Path, link: str = "symlink",
     return n_written, n_unlabelled, n_missing
 
 
+def task_image(path: object, url_prefix: str | None = None) -> str:
+    """``data.image`` of a Label Studio task: the absolute file path, or ``url_prefix`` + the URL-quoted path."""
+    return str(path) if url_prefix is None else url_prefix + quote(str(path).lstrip("/"))
+
+
 def label_studio_tasks(queue: pd.DataFrame, url_prefix: str | None = None) -> list[dict]:
     """Label Studio import tasks for the unlabelled samples of the queue.
 
     ``data.image`` is the absolute file path, or ``url_prefix`` + the URL-quoted path (e.g.
     ``"/data/local-files/?d="`` for Label Studio's local-files storage); ``meta`` keeps the sample id,
-    strategy, score and rank so annotations can be matched back.
+    strategy, score and rank so annotations can be matched back.  Review tasks for label issues and duplicates
+    (with pre-annotations) are :func:`engine.formats.labelstudio.review_tasks`.
     """
     tasks = []
     todo = queue[queue["label"].isna()]
     for r in todo.itertuples(index=False):
-        image = str(r.path) if url_prefix is None else url_prefix + quote(str(r.path).lstrip("/"))
+        image = task_image(r.path, url_prefix)
         tasks.append({
             "data": {"image": image, "sample_id": int(r.sample_id)},
             "meta": {"sample_id": int(r.sample_id), "batch_id": int(r.batch_id), "strategy": r.strategy,
@@ -375,19 +391,67 @@ def export_queue(cat: Catalog, out_dir: str | os.PathLike, url_prefix: str | Non
     return files
 
 
+def source_formats(cat: Catalog) -> list[str]:
+    """The export formats matching how the project's samples were ingested (``--format source``)."""
+    kinds = [r[0] for r in cat.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
+    return list(dict.fromkeys(SOURCE_FORMATS.get(k, "csv") for k in kinds)) or ["csv"]
+
+
+def format_items(cat: Catalog, manifest: pd.DataFrame, fmt: str) -> tuple[list[dict], dict | None]:
+    """The kept samples of ``manifest`` with what a format writer needs (given label, size, boxes, metadata, the
+    format's own record and label rule), and the ``info`` of the first dataset imported in format ``fmt``."""
+    ids = manifest["sample_id"].astype("int64").tolist()
+    infos = cat.import_infos()
+    rule_by_source = {i["source"]: (i["info"] or {}).get("label_rule", "majority") for i in infos}
+    info = next((i["info"] for i in infos if i["format"] == fmt), None)
+    given = cat.current_labels().set_index("sample_id")["given_label"]
+    sizes = cat.samples("id, width, height").set_index("id")
+    srcs = cat.sample_sources().set_index("sample_id")
+    boxes = cat.boxes(ids)
+    box_lists: dict[int, list[dict]] = {}
+    for r in boxes.itertuples(index=False):
+        box_lists.setdefault(int(r.sample_id), []).append(
+            {"category": r.category, "x": r.x, "y": r.y, "w": r.w, "h": r.h,
+             "attributes": json.loads(r.attributes) if isinstance(r.attributes, str) else {}})
+    meta = cat.metadata(ids)
+    meta_by_id: dict[int, dict] = {}
+    for sid, k, v in meta.itertuples(index=False):
+        meta_by_id.setdefault(int(sid), {})[k] = v
+    items = []
+    for path, label, split, sid in manifest[["path", "label", "split", "sample_id"]].itertuples(index=False):
+        sid = int(sid)
+        src = srcs.loc[sid] if sid in srcs.index else None
+        own = src is not None and src["format"] == fmt
+        g = given.get(sid)
+        items.append({
+            "sample_id": sid, "path": path, "label": None if pd.isna(label) else label,
+            "given_label": None if g is None or pd.isna(g) else g,
+            "split": None if split is None or pd.isna(split) else split,
+            "width": None if pd.isna(sizes.at[sid, "width"]) else int(sizes.at[sid, "width"]),
+            "height": None if pd.isna(sizes.at[sid, "height"]) else int(sizes.at[sid, "height"]),
+            "record": json.loads(src["record"]) if own and isinstance(src["record"], str) else None,
+            "boxes": box_lists.get(sid, []), "metadata": meta_by_id.get(sid, {}),
+            "label_rule": rule_by_source.get(src["source"], "majority") if src is not None else "majority",
+        })
+    return items, info
+
+
 def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, formats: Sequence[str] = ("csv",),
-                   link: str = "symlink", queue: bool = True, url_prefix: str | None = None) -> ExportResult:
+                   link: str = "symlink", queue: bool = True, url_prefix: str | None = None,
+                   review: str = "label-issues") -> ExportResult:
     """Export the cleaned dataset of a project (see the module docstring for the layout and the rules).
 
     Parameters
     ----------
     cat : the project catalog.
     out_dir : a new or empty folder; default ``<project>/exports/<UTC timestamp>/``.
-    formats : any of ``csv``, ``parquet`` (manifest formats) and ``imagefolder``; ``csv`` is added when no
-        manifest format is given.
-    link : ``symlink`` (default) or ``copy`` for the ImageFolder tree.
+    formats : any of ``csv``, ``parquet`` (manifest formats), ``imagefolder``, ``coco``, ``yolo``, ``hf``
+        (dataset formats, :mod:`engine.formats`), ``labelstudio`` (review tasks, see ``review``) and ``source``
+        (the format(s) the samples were ingested from); ``csv`` is added when no manifest format is given.
+    link : ``symlink`` (default) or ``copy`` for the ImageFolder tree and the COCO / YOLO images.
     queue : also export the annotation queue when the project has one.
-    url_prefix : prefix for ``data.image`` in ``label_studio.json`` (default: absolute file paths).
+    url_prefix : prefix for ``data.image`` in the Label Studio files (default: absolute file paths).
+    review : ``labelstudio`` tasks for ``label-issues`` or ``duplicates``.
 
     Returns
     -------
@@ -398,6 +462,10 @@ def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, forma
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise CurateError(f"unknown export format {bad[0]!r}; use one or more of {', '.join(FORMATS)}")
+    if "source" in formats:
+        formats = list(dict.fromkeys([f for f in formats if f != "source"] + source_formats(cat)))
+    if review not in REVIEW_TARGETS:
+        raise CurateError(f"unknown review target {review!r}; use --for {' or '.join(REVIEW_TARGETS)}")
     if link not in LINK_MODES:
         raise CurateError(f"unknown link mode {link!r}; use one of {', '.join(LINK_MODES)}")
     final = _prepare_out_dir(out_dir or default_out_dir(cat))
@@ -410,7 +478,7 @@ def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, forma
     out = _start_partial(final)
     try:
         res.out_dir = out  # while writing; export.json names the final folder
-        _write_export(cat, out, final, res, manifest, changes, formats, link, queue, url_prefix)
+        _write_export(cat, out, final, res, manifest, changes, formats, link, queue, url_prefix, review)
         _finish_partial(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -420,7 +488,8 @@ def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, forma
 
 
 def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manifest: pd.DataFrame, changes: pd.DataFrame,
-                  formats: list[str], link: str, queue: bool, url_prefix: str | None) -> None:
+                  formats: list[str], link: str, queue: bool, url_prefix: str | None, review: str = "label-issues"
+                  ) -> None:
     manifest_formats = [f for f in formats if f in MANIFEST_FORMATS] or ["csv"]
     for fmt in dict.fromkeys(manifest_formats):
         p = _inside(out, out / f"manifest.{fmt}")
@@ -435,6 +504,28 @@ def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manif
         n_written, res.n_unlabelled_skipped, res.n_missing_files = write_imagefolder(
             manifest, out / "imagefolder", link=link, out_dir=out)
         res.files.append(out / "imagefolder")
+
+    def place(src: Path, dest: Path) -> None:
+        _inside(out, dest)
+        os.symlink(src.resolve(), dest) if link == "symlink" else shutil.copy2(src, dest)
+
+    for fmt in (f for f in DATASET_FORMATS if f in formats):
+        from engine.formats import coco, hf, yolo
+
+        items, info = format_items(cat, manifest, fmt)
+        folder = _inside(out, out / fmt / "x").parent
+        if fmt == "hf":
+            res.format_counts[fmt] = hf.write(items, folder, info)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            res.format_counts[fmt] = (coco if fmt == "coco" else yolo).write(items, folder, info, link, place)
+        res.files.append(folder)
+
+    if "labelstudio" in formats:
+        from engine.formats import labelstudio
+
+        res.files += labelstudio.write_review(cat, out, review, url_prefix)
+        res.format_counts["labelstudio"] = {"for": review}
 
     if queue:
         q = queue_table(cat)

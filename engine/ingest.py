@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -34,13 +35,38 @@ _CHUNK_PAUSE = float(os.environ.get("CURATE_TEST_INGEST_PAUSE", 0))
 
 
 @dataclass
+class Box:
+    """One object box in pixels, COCO's convention: top-left corner ``x, y``, width ``w``, height ``h``.
+
+    ``attributes`` keeps what the format had besides the box (COCO annotation id, iscrowd, area, segmentation;
+    a YOLO polygon), so an export can write it back.
+    """
+
+    category: str
+    x: float
+    y: float
+    w: float
+    h: float
+    attributes: dict = field(default_factory=dict)
+
+
+@dataclass
 class Candidate:
-    """One file to ingest: where it is, and what the layout says about it."""
+    """One file to ingest: where it is, and what the layout / format says about it.
+
+    Every importer (ImageFolder, manifest, :mod:`engine.formats`) produces a list of these; :func:`ingest` does the
+    rest (hashing, decoding, quarantine, transactional writes) the same way for all of them.
+    """
 
     path: Path
     label: str | None = None
     split: str | None = None
     row: int | None = None  # manifest row number (1-based, header excluded) for error messages
+    metadata: dict[str, str] = field(default_factory=dict)  # extra columns / attributes, kept as sample metadata
+    boxes: list[Box] | None = None  # None: the format has no boxes; []: it has, and this image has none
+    source_id: str | None = None  # the sample's id in its format (COCO image id, YOLO relative path, HF row)
+    record: dict | None = None  # the format's own record (e.g. the COCO image dict), written back on export
+    where: str | None = None  # where it came from, for messages (e.g. "COCO image id 7")
 
 
 @dataclass
@@ -125,10 +151,19 @@ def _walk_files(root: Path, skipped: list[str] | None = None) -> list[Path]:
 
 
 def detect_kind(source: Path) -> str:
+    """The ingest kind of ``source``: a format that :func:`engine.formats.detect_format` recognises unambiguously
+    (COCO JSON, YOLO data.yaml, Hugging Face save_to_disk folder, FiftyOne labels.json), else a manifest,
+    an ImageFolder tree or an unlabeled folder."""
+    from engine.formats import detect_format
+
+    fmt = detect_format(source)
+    if fmt is not None:
+        return fmt
     if source.is_file():
         if source.suffix.lower() in MANIFEST_EXTENSIONS:
             return "manifest"
-        raise CurateError(f"{source} is a file but not a manifest (.csv/.parquet); pass a folder or a manifest")
+        raise CurateError(f"{source} is a file but not a manifest (.csv/.parquet) nor a COCO JSON / YOLO data.yaml; "
+                          "pass a folder, a manifest, or --kind coco|yolo|hf|fiftyone")
     if not source.is_dir():
         raise CurateError(f"{source} does not exist; pass an image folder or a CSV/Parquet manifest")
     subdirs = [d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -160,7 +195,8 @@ def discover_unlabeled(root: Path, split: str | None = None, skipped: list[str] 
 
 
 def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate], list[str]]:
-    """Parse a CSV/Parquet manifest with columns path, label (optional), split (optional)."""
+    """Parse a CSV/Parquet manifest with columns path, label (optional), split (optional); any other column is
+    kept as sample metadata (empty cells are left out)."""
     try:
         if path.suffix.lower() == ".csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -185,6 +221,8 @@ def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate]
     out: list[Candidate] = []
     seen: set[str] = set()
     has_label = "label" in cols
+    # every other column is kept as sample metadata (filterable in the UI, usable by `curate query --balance-by`)
+    extra_cols = [c for k, c in cols.items() if k not in ("path", "label", "split")]
     for i, rec in enumerate(df.to_dict("records"), start=1):
         raw = rec[cols["path"]]
         raw = "" if raw is None or (isinstance(raw, float) and pd.isna(raw)) else str(raw).strip()
@@ -212,7 +250,13 @@ def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate]
         if "split" in cols:
             sv = rec[cols["split"]]
             sp = str(sv).strip().lower() if sv is not None and str(sv).strip() and not (isinstance(sv, float) and pd.isna(sv)) else split
-        out.append(Candidate(p, label=label, split=sp, row=i))
+        meta = {}
+        for c in extra_cols:
+            v = rec[c]
+            if v is None or (isinstance(v, float) and pd.isna(v)) or not str(v).strip():
+                continue
+            meta[str(c).strip()] = str(v).strip()
+        out.append(Candidate(p, label=label, split=sp, row=i, metadata=meta))
     return out, problems
 
 
@@ -277,6 +321,8 @@ def ingest(
     split: str | None = None,
     progress: bool = False,
     workers: int | None = None,
+    label_rule: str = "majority",
+    images_dir: str | os.PathLike | None = None,
 ) -> IngestReport:
     """Ingest a folder or manifest into the catalog.
 
@@ -285,24 +331,42 @@ def ingest(
     cat : the project's catalog.
     source : an ImageFolder root (``root/<class>/*`` or ``root/<split>/<class>/*``), an unlabeled folder, or a
         CSV/Parquet manifest with columns ``path``, ``label`` (optional) and ``split`` (optional).
-    kind : ``auto`` (detect), ``imagefolder``, ``manifest`` or ``unlabeled``.
+    kind : ``auto`` (detect), ``imagefolder``, ``manifest``, ``unlabeled``, or a dataset format of
+        :mod:`engine.formats`: ``coco`` (instances JSON), ``yolo`` (data.yaml), ``hf`` (a Hugging Face
+        ``save_to_disk`` folder, or the name of a dataset in the local cache), ``fiftyone``
+        (FiftyOneImageClassificationDataset or ImageClassificationDirectoryTree).
     split : split assigned to files whose layout names none.
     progress : show a progress bar.
     workers : threads used to hash and decode files (default: CPU count, at most 8).
+    label_rule : detection formats (COCO, YOLO): how an image's label follows from its boxes' categories —
+        ``majority`` (most boxes), ``single`` (only images whose boxes all share one category get a label) or
+        ``multi`` (the sorted set of categories joined by ``|``).  The boxes are kept either way.
+    images_dir : COCO: the folder the ``file_name`` entries are relative to (default: found next to the JSON).
 
     Returns
     -------
     IngestReport with counts, quarantined files and manifest row problems.
     """
+    from engine import formats
+
     src = Path(source).expanduser()
-    if not src.exists():
+    info: dict | None = None
+    if not src.exists() and kind == "hf" and formats.hf.looks_like_name(str(source)):
+        src_name = str(source)  # a dataset name: read from the local Hugging Face cache
+    elif not src.exists():
         raise CurateError(f"{src} does not exist; pass an image folder or a CSV/Parquet manifest")
-    src = src.resolve()
-    kind = detect_kind(src) if kind == "auto" else kind
+    else:
+        src = src.resolve()
+        src_name = str(src)
+        kind = detect_kind(src) if kind == "auto" else kind
     if split is not None:
         split = split.lower()
     problems: list[str] = []
-    if kind == "imagefolder":
+    if kind in formats.FORMATS:
+        parsed = formats.parse(kind, src_name, split=split, label_rule=label_rule, images_dir=images_dir,
+                               project_root=cat.root)
+        cands, problems, info = parsed.candidates, parsed.problems, parsed.info
+    elif kind == "imagefolder":
         if not src.is_dir():
             raise CurateError(f"{src} is not a folder; --kind imagefolder needs root/<class>/<image> folders")
         cands = discover_imagefolder(src, split, problems)
@@ -313,10 +377,14 @@ def ingest(
     elif kind == "manifest":
         cands, problems = read_manifest(src, split)
     else:
-        raise CurateError(f"unknown ingest kind {kind!r}; use auto, imagefolder, manifest or unlabeled")
+        raise CurateError(f"unknown ingest kind {kind!r}; use auto, imagefolder, manifest, unlabeled, "
+                          f"{', '.join(formats.FORMATS)}")
 
-    report = IngestReport(source=str(src), kind=kind, row_problems=problems)
-    run_id = cat.start_run("ingest", {"source": str(src), "kind": kind, "split": split})
+    report = IngestReport(source=src_name, kind=kind, row_problems=problems)
+    run_id = cat.start_run("ingest", {"source": src_name, "kind": kind, "split": split,
+                                      **({"label_rule": label_rule} if kind in formats.BOX_FORMATS else {})})
+    if info is not None:
+        cat.set_import_info(src_name, kind, info)
     report.run_id = run_id
     workers = workers or min(8, os.cpu_count() or 1)
 
@@ -357,7 +425,7 @@ def _write_chunk(cat: Catalog, chunk: list[Candidate], infos: list[FileInfo], ex
     now = utcnow()
     for cand, info in zip(chunk, infos):
         if info.error:
-            where = f" (manifest row {cand.row})" if cand.row else ""
+            where = f" ({cand.where})" if cand.where else (f" (manifest row {cand.row})" if cand.row else "")
             quarantine.append((info.path, info.error + where, "ingest", info.content_hash))
             continue
         prev = existing.get(info.path)
@@ -407,6 +475,7 @@ def _write_chunk(cat: Catalog, chunk: list[Candidate], infos: list[FileInfo], ex
             con.unregister("_lab")
             cat.add_labels(rows, source=report.kind, con=con)
             report.labels_added += len(rows)
+        _write_extras(cat, con, chunk, infos, report)
         cat.add_quarantine(quarantine, run_id=run_id, con=con)
         new_ids = con.execute(
             "SELECT path, id, content_hash FROM samples WHERE ingest_run = ?", [run_id]
@@ -417,6 +486,29 @@ def _write_chunk(cat: Catalog, chunk: list[Candidate], infos: list[FileInfo], ex
     report.changed += len(changed_rows)
     report.unchanged += len(chunk) - len(new_rows) - len(changed_rows) - len(quarantine)
     report.quarantined.extend((q[0], q[1]) for q in quarantine)
+
+
+def _write_extras(cat: Catalog, con, chunk: list[Candidate], infos: list[FileInfo], report: IngestReport) -> None:
+    """Metadata, boxes and the format's own record of the chunk's good files (inside the chunk's transaction)."""
+    good = [(c, i) for c, i in zip(chunk, infos) if not i.error
+            and (c.metadata or c.boxes is not None or c.source_id is not None or c.record is not None)]
+    if not good:
+        return
+    ids = cat.sample_ids_by_path([i.path for _, i in good], con=con)
+    metadata, boxes, boxed, sources = [], [], [], []
+    for cand, info in good:
+        sid = ids.get(info.path)
+        if sid is None:
+            continue
+        metadata += [(sid, str(k), None if v is None else str(v)) for k, v in cand.metadata.items()]
+        if cand.boxes is not None:
+            boxed.append(sid)
+            boxes += [(sid, j, b.category, float(b.x), float(b.y), float(b.w), float(b.h),
+                       json.dumps(b.attributes) if b.attributes else None) for j, b in enumerate(cand.boxes)]
+        if cand.source_id is not None or cand.record is not None:
+            sources.append((sid, report.kind, report.source, cand.source_id,
+                            json.dumps(cand.record) if cand.record is not None else None))
+    cat.write_sample_extras(con, metadata=metadata, boxes=boxes, boxed_samples=boxed, sources=sources)
 
 
 def ingest_many(cat: Catalog, sources: Iterable[tuple[str | os.PathLike, str, str | None]], progress: bool = False) -> list[IngestReport]:

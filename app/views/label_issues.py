@@ -28,9 +28,10 @@ with st.container(horizontal=True, vertical_alignment="bottom"):
     given = st.multiselect("Given label", given_opts, key=f"{NS}-given", width=220)
     suggested = st.multiselect("Suggested label", sugg_opts, key=f"{NS}-suggested", width=220)
     search = st.text_input("Path contains", key=f"{NS}-search", width=220)
+    meta = ui.metadata_filter(root, rev[1:], NS)
 
 filters = dict(only_flagged=only_flagged, given=tuple(given), suggested=tuple(suggested), status=status,
-               search=search.strip())
+               search=search.strip(), meta=meta)
 total, page = ui.paged(NS, lambda limit, offset: data.label_issues_page(root, rev, **filters, limit=limit, offset=offset),
                        filters)
 classes = data.class_names(root, rev)

@@ -21,7 +21,8 @@ if view == "Outliers":
         only_flagged = st.toggle("Flagged only", value=True, key=f"{NS}-flagged")
         status = st.segmented_control("Status", ["unreviewed", "reviewed", "all"], default="unreviewed",
                                       key=f"{NS}-status") or "all"
-    filters = dict(only_flagged=only_flagged, status=status)
+        meta = ui.metadata_filter(root, rev[1:], NS)
+    filters = dict(only_flagged=only_flagged, status=status, meta=meta)
     total, page = ui.paged(NS, lambda limit, offset: data.outliers_page(root, rev, **filters, limit=limit, offset=offset),
                            filters)
     if total == 0 and only_flagged and status != "reviewed":

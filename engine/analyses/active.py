@@ -7,6 +7,9 @@ the constraints that every strategy shares:
 * candidates are the unlabeled rows that are not excluded (``exclude_mask``: near-duplicates of labeled samples,
   quarantined or removed images, outliers — see :func:`exclusion_mask`);
 * ``max_per_class`` caps how many picks share one *predicted* class (class-balance target);
+* ``groups`` (``curate query --balance-by KEY``: a sample metadata value per row, e.g. the camera) spreads the
+  batch across the groups: each group gets at most the water-filling share :func:`balanced_group_cap`, so no
+  group takes more than one pick beyond any other unless it ran out of candidates;
 * with a kNN graph and ``near_duplicate_similarity``, picking a sample also drops its near-duplicates from the
   rest of the batch, so one batch never asks twice for the same image.
 
@@ -164,8 +167,12 @@ class _Picker:
     """Bookkeeping shared by all strategies: eligibility, class caps, in-batch near-duplicate suppression."""
 
     def __init__(self, candidates: np.ndarray, budget: int, pred_class: np.ndarray | None, max_per_class: int | None,
-                 graph: tuple[np.ndarray, np.ndarray] | None, dup_sim: float | None):
+                 graph: tuple[np.ndarray, np.ndarray] | None, dup_sim: float | None,
+                 groups: np.ndarray | None = None, group_cap: int | None = None):
         self.eligible = candidates.copy()
+        self.groups = groups
+        self.group_cap = group_cap
+        self.group_counts: dict[int, int] = {}
         self.budget = budget
         self.pred_class = pred_class
         self.max_per_class = max_per_class
@@ -192,6 +199,11 @@ class _Picker:
             self.class_counts[c] = self.class_counts.get(c, 0) + 1
             if self.class_counts[c] >= self.max_per_class:
                 self.eligible[self.pred_class == c] = False
+        if self.groups is not None and self.group_cap is not None:
+            g = int(self.groups[i])
+            self.group_counts[g] = self.group_counts.get(g, 0) + 1
+            if self.group_counts[g] >= self.group_cap:
+                self.eligible[self.groups == g] = False
         if self.graph is not None:
             nb_i, nb_s = self.graph
             dups = nb_i[i][(nb_s[i] >= self.dup_sim) & (nb_i[i] >= 0)]
@@ -555,6 +567,24 @@ _STRATEGY_FUNCS: dict[str, Callable[..., dict]] = {
 }
 
 
+def balanced_group_cap(candidates_per_group: Sequence[int], budget: int) -> int:
+    """The smallest per-group cap ``t`` with ``sum(min(n_g, t)) >= min(budget, sum(n_g))`` (water filling).
+
+    Capping every group at ``t`` still lets a batch fill its budget, while no group can take more than ``t``.
+
+    Examples
+    --------
+    >>> balanced_group_cap([50, 30, 2], 12), balanced_group_cap([4, 4], 3), balanced_group_cap([1, 1], 10)
+    (5, 2, 1)
+    """
+    counts = np.asarray(candidates_per_group, dtype=np.int64)
+    want = int(min(budget, counts.sum()))
+    t = 0
+    while np.minimum(counts, t).sum() < want:
+        t += 1
+    return max(t, 1)
+
+
 def select(
     strategy: str,
     embeddings: np.ndarray,
@@ -568,6 +598,7 @@ def select(
     near_duplicate_similarity: float | None = None,
     class_names: Sequence[str] | None = None,
     config: StrategyConfig | None = None,
+    groups: np.ndarray | None = None,
 ) -> Selection:
     """Select up to ``budget`` unlabeled, non-excluded samples to label next.
 
@@ -589,6 +620,8 @@ def select(
         from the rest of the batch.
     class_names : names of the probability columns, for readable reasons.
     config : :class:`StrategyConfig`.
+    groups : int [n] group code per row (e.g. a metadata value such as the camera); the batch is spread across
+        the groups — each gets at most :func:`balanced_group_cap` picks, in the strategy's own order.
 
     Returns
     -------
@@ -629,9 +662,18 @@ def select(
         raise ValueError(f"knn_graph has {graph[0].shape[0]} rows for {n} embeddings")
     candidates = ~labeled & ~excluded
     pred = np.argmax(probs, axis=1) if (probs is not None and max_per_class is not None) else None
-    picker = _Picker(candidates, budget, pred, max_per_class, graph, near_duplicate_similarity)
+    group_cap = None
+    if groups is not None:
+        groups = np.asarray(groups, dtype=np.int64)
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
+        _, per_group = np.unique(groups[candidates], return_counts=True)
+        group_cap = balanced_group_cap(per_group, budget) if len(per_group) else None
+    picker = _Picker(candidates, budget, pred, max_per_class, graph, near_duplicate_similarity, groups, group_cap)
     rng = np.random.default_rng(seed)
     info: dict = {"n_candidates": int(candidates.sum())}
+    if group_cap is not None:
+        info["group_cap"] = int(group_cap)
     if budget > 0 and candidates.any():
         info.update(_STRATEGY_FUNCS[name](X, labeled, picker, rng, probs=probs, graph=graph, config=config,
                                           seed=seed, class_names=class_names) or {})
@@ -763,6 +805,7 @@ def run(
     out_of_core: bool | None = None,
     pool_size: int = 200_000,
     progress: Any = None,
+    balance_by: str | None = None,
 ) -> QueryResult:
     """Select the next batch to label, write it to ``queries`` and export it.
 
@@ -778,6 +821,8 @@ def run(
         duplicate set that holds a labeled sample are always excluded.
     export : write ``queue.csv``, ``queue.json`` and ``label_studio.json`` to ``<project>/exports/query-<batch>/``.
     url_prefix : prefix of the image URL in the Label Studio tasks (e.g. ``/data/local-files/?d=``).
+    balance_by : a sample metadata key (e.g. ``camera``): spread the batch across its values (samples without
+        the key form one more group); see ``groups`` in :func:`select`.
     out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core the strategy runs on a seeded
         pool of ``pool_size`` rows read from the shards (the labeled rows, sampled when they alone exceed half the
         pool, plus a uniform sample of the unlabeled ones); the summary records the pool.
@@ -810,7 +855,16 @@ def run(
         near_duplicate_similarity = ENCODER_THRESHOLDS.get(emb.encoder, DEFAULT_THRESHOLD)
     params = {"strategy": name, "budget": budget, "encoder": emb.encoder, "seed": seed, "max_per_class": max_per_class,
               "exclude_outliers": exclude_outliers, "outlier_score_threshold": outlier_score_threshold,
-              "near_duplicate_similarity": near_duplicate_similarity}
+              "near_duplicate_similarity": near_duplicate_similarity,
+              **({"balance_by": balance_by} if balance_by else {})}
+    groups = None
+    if balance_by:
+        values = cat.metadata_values(balance_by, ids)
+        if all(v is None for v in values):
+            keys = cat.metadata_keys()["key"].tolist()
+            raise CurateError(f"no sample has metadata {balance_by!r}; --balance-by takes one of: "
+                              f"{', '.join(keys) if keys else 'none (ingest a manifest with extra columns first)'}")
+        groups, _ = pd.factorize(pd.Series(values, dtype=object).fillna("\0missing"), sort=True)
     run_id = cat.start_run("query", params)
     with cat.failing_run(run_id):
         names_, codes = cat.label_codes(ids)
@@ -858,7 +912,7 @@ def run(
             sel = select(name, X, labeled, budget, probs=probs,
                          knn_graph=graph, exclude_mask=excl.mask, seed=seed, max_per_class=max_per_class,
                          near_duplicate_similarity=near_duplicate_similarity, class_names=class_names,
-                         config=_with_classes(config, len(cat.class_names())))
+                         config=_with_classes(config, len(cat.class_names())), groups=groups)
         paths = dict(cat.query("SELECT id, path FROM samples WHERE id IN (SELECT unnest(?))",
                                [[int(i) for i in ids[sel.indices]]]))
         table = pd.DataFrame({
