@@ -392,21 +392,7 @@ def map_points(root: str, runs_rev: tuple, max_points: int = MAP_POINTS, seed: i
     applies, or ``none``.  Keyed by the runs part of the revision: a decision does not recompute it.
     """
     with connection(root) as con:
-        total = int(con.execute("SELECT count(*) FROM clusters WHERE x IS NOT NULL").fetchone()[0])
-        df = _df(con, """
-            WITH pts AS (SELECT sample_id, cluster, x, y FROM clusters WHERE x IS NOT NULL
-                         ORDER BY hash(sample_id, ?) LIMIT ?),
-            given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
-                      WHERE sample_id IN (SELECT sample_id FROM pts) GROUP BY sample_id)
-            SELECT p.sample_id, p.x, p.y, p.cluster, g.label,
-                   CASE WHEN p.sample_id IN (SELECT sample_id FROM label_issues WHERE is_issue) THEN 'label issue'
-                        WHEN p.sample_id IN (SELECT sample_id FROM duplicates WHERE NOT coalesce(is_keeper, false)) THEN 'duplicate'
-                        WHEN p.sample_id IN (SELECT sample_id FROM outliers WHERE is_outlier) THEN 'outlier'
-                        WHEN p.sample_id IN (SELECT sample_id FROM image_issues) THEN 'image issue'
-                        ELSE 'none' END AS issue
-            FROM pts p LEFT JOIN given g ON g.sample_id = p.sample_id
-            ORDER BY p.sample_id""", [int(seed), int(max_points)])
-    return total, df
+        return catalog(root).map_points(max_points, seed=seed, con=con)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
