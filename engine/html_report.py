@@ -256,15 +256,11 @@ def health_figure(health: list[HealthScore]):
 
     rows = [h for h in health if h.score is not None]
     fig = go.Figure(go.Bar(x=[h.score for h in rows], y=[h.issue for h in rows], orientation="h",
-                           marker_color=[_score_colour(h.score) for h in rows],
+                           marker_color="#1565c0",
                            text=[f"{h.score:.3f}" for h in rows], textposition="auto"))
     fig.update_layout(title="Health per issue type (1 = healthy)", xaxis=dict(range=[0, 1]), height=120 + 30 * len(rows),
                       yaxis=dict(autorange="reversed"))
     return fig
-
-
-def _score_colour(s: float) -> str:
-    return "#2e7d32" if s >= 0.9 else "#f9a825" if s >= 0.7 else "#c62828"
 
 
 def histogram_figure(hist: pd.DataFrame, title: str, xlabel: str, threshold: float | None, threshold_label: str):

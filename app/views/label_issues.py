@@ -17,7 +17,7 @@ st.title("Label issues")
 
 given_opts, sugg_opts = data.label_issue_classes(root, rev[1:])
 if not given_opts and not sugg_opts:
-    ui.no_data("No label issues scored yet: run `curate audit -p PROJECT` (or `curate audit label-issues`).")
+    ui.no_data("No label issues scored yet: run `curate audit -p PROJECT` (or `curate audit labels`).")
     st.stop()
 
 with st.expander("Score distribution and noise matrix", icon=":material/bar_chart:"):
@@ -36,7 +36,7 @@ with st.expander("Score distribution and noise matrix", icon=":material/bar_char
         if joint and joint.get("matrix"):
             ui.plotly(noise_matrix_figure(joint), key=f"{NS}-noise")
         else:
-            st.caption("No noise estimate recorded: re-run `curate audit label-issues -p PROJECT`.")
+            st.caption("No noise estimate recorded: re-run `curate audit labels -p PROJECT`.")
 
 with st.container(horizontal=True, vertical_alignment="bottom"):
     only_flagged = st.toggle("Flagged only", value=True, key=f"{NS}-flagged")
