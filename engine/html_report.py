@@ -195,11 +195,12 @@ def collect(cat: Catalog, top: int = DEFAULT_TOP) -> ReportData:
 
     dup_sets = duplicates.largest_sets(cat, limit=top)
     live = cat.live_decisions()
+    counts = cat.counts()
     total, pts = cat.map_points(MAP_POINTS)
     data = ReportData(
         project=str(cat.root),
         generated_at=utcnow(),
-        counts=cat.counts(),
+        counts=counts,
         health=health_scores(agg, image_means.get("mean_scores")),
         classes=cat.label_distribution(),
         label_summary=label_summary,
@@ -218,7 +219,7 @@ def collect(cat: Catalog, top: int = DEFAULT_TOP) -> ReportData:
         map_points=pts,
         semdedup=(dup_summary or {}).get("semdedup"),
         live_decisions={str(a): int(n) for a, n in live["action"].value_counts().items()} if len(live) else {},
-        decision_records=int(cat.counts()["decisions"]),
+        decision_records=int(counts["decisions"]),
         recent_decisions=cat.decisions(limit=20),
         runs=cat.runs(limit=20),
     )
