@@ -107,6 +107,12 @@ def show_flash(root: str) -> None:
                       help="Reverse the decisions just saved")
 
 
+def plotly(fig, key: str) -> None:
+    """A Plotly figure at the page's width (figures come from :mod:`engine.html_report`, shared with the report)."""
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
 # ------------------------------------------------------------------------------------------- images
 def thumb(root: str, sample_id: int, path: str | None) -> str | bytes:
     """A cached thumbnail path for the sample, or a placeholder image when its file is missing/unreadable."""

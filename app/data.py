@@ -357,6 +357,35 @@ def duplicate_sets_page(root: str, rev: tuple, kinds: tuple[str, ...] = (), cros
     return total, members.drop(columns="set_order").reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------------------------- score plots
+@st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
+def last_run_summary(root: str, runs_rev: tuple, kind: str) -> dict:
+    """The summary of the last successful run of ``kind`` (``{}`` when it never ran)."""
+    import json
+
+    with connection(root) as con:
+        row = con.execute("SELECT summary FROM runs WHERE kind = ? AND status = 'ok' ORDER BY id DESC LIMIT 1",
+                          [kind]).fetchone()
+    if row is None or row[0] is None:
+        return {}
+    return json.loads(row[0]) if isinstance(row[0], str) else dict(row[0])
+
+
+@st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
+def score_histogram(root: str, runs_rev: tuple, kind: str, bins: int = 40) -> tuple[pd.DataFrame, float | None]:
+    """(histogram binned in DuckDB, highest flagged score) of ``label_quality`` or ``outlier_score``."""
+    with connection(root) as con:
+        cat = catalog(root)
+        return cat.score_histogram(kind, bins=bins, con=con), cat.flag_boundary(kind, con=con)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def semdedup_pruned_count(root: str, rev: tuple, threshold: float) -> int:
+    """How many samples SemDeDup prunes at ``threshold`` that have no live decision yet."""
+    with connection(root) as con:
+        return len(catalog(root).semdedup_pruned(threshold, con=con))
+
+
 # ------------------------------------------------------------------------------------------- outliers / quality
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def outliers_page(root: str, rev: tuple, only_flagged: bool = True, status: str = "unreviewed",
@@ -421,21 +450,7 @@ def map_points(root: str, runs_rev: tuple, max_points: int = MAP_POINTS, seed: i
     applies, or ``none``.  Keyed by the runs part of the revision: a decision does not recompute it.
     """
     with connection(root) as con:
-        total = int(con.execute("SELECT count(*) FROM clusters WHERE x IS NOT NULL").fetchone()[0])
-        df = _df(con, """
-            WITH pts AS (SELECT sample_id, cluster, x, y FROM clusters WHERE x IS NOT NULL
-                         ORDER BY hash(sample_id, ?) LIMIT ?),
-            given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
-                      WHERE sample_id IN (SELECT sample_id FROM pts) GROUP BY sample_id)
-            SELECT p.sample_id, p.x, p.y, p.cluster, g.label,
-                   CASE WHEN p.sample_id IN (SELECT sample_id FROM label_issues WHERE is_issue) THEN 'label issue'
-                        WHEN p.sample_id IN (SELECT sample_id FROM duplicates WHERE NOT coalesce(is_keeper, false)) THEN 'duplicate'
-                        WHEN p.sample_id IN (SELECT sample_id FROM outliers WHERE is_outlier) THEN 'outlier'
-                        WHEN p.sample_id IN (SELECT sample_id FROM image_issues) THEN 'image issue'
-                        ELSE 'none' END AS issue
-            FROM pts p LEFT JOIN given g ON g.sample_id = p.sample_id
-            ORDER BY p.sample_id""", [int(seed), int(max_points)])
-    return total, df
+        return catalog(root).map_points(max_points, seed=seed, con=con)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -308,11 +308,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        # SemDeDup: per sample, the highest similarity to a sample visited before it in its k-means partition; a
+        # sample is pruned at threshold t when max_similarity >= t.  Only rows pruned at the curve's lowest
+        # threshold are stored (the others are kept at every point of the curve), so the table stays small.
+        """
+        CREATE TABLE semdedup (
+            run_id BIGINT NOT NULL,
+            sample_id BIGINT NOT NULL,
+            max_similarity DOUBLE NOT NULL,
+            kmeans_partition INTEGER
+        );
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Analyses tables whose rows are replaced wholesale by each run of that analysis.
-ANALYSIS_TABLES = ("label_issues", "duplicates", "outliers", "image_issues", "clusters", "cluster_summaries")
+ANALYSIS_TABLES = ("label_issues", "duplicates", "outliers", "image_issues", "clusters", "cluster_summaries",
+                   "semdedup")
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -568,13 +583,16 @@ class Catalog:
     def class_names(self) -> list[str]:
         return [r[0] for r in self.query("SELECT name FROM classes ORDER BY name")]
 
-    CURRENT_LABELS_SQL = """
+    # Decisions in force: neither an undo record nor undone (several per sample possible; the latest one wins).
+    LIVE_SQL = """SELECT d.* FROM decisions d
+            WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"""
+
+    CURRENT_LABELS_SQL = f"""
         WITH given AS (
             SELECT sample_id, class_name FROM labels
             QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
         ), live AS (
-            SELECT d.* FROM decisions d
-            WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+            {LIVE_SQL}
         ), relabel AS (
             SELECT sample_id, new_label FROM live WHERE action = 'relabel'
             QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
@@ -759,23 +777,31 @@ class Catalog:
 
     # ---------------------------------------------------------------- analyses results
     def replace_analysis(self, table: str, df: pd.DataFrame, run_id: int, summary: dict | None = None,
-                         where: str | None = None, where_params: Sequence[Any] | None = None) -> None:
+                         where: str | None = None, where_params: Sequence[Any] | None = None,
+                         also: dict[str, pd.DataFrame] | None = None) -> None:
         """Atomically replace an analysis table's rows with ``df`` and mark ``run_id`` finished.
 
-        ``where`` (with bound ``where_params``) limits the delete, e.g. ``"issue = ?"``.
+        ``where`` (with bound ``where_params``) limits the delete, e.g. ``"issue = ?"``.  ``also`` maps further
+        analysis tables of the same run to their new rows (each replaced wholesale in the same transaction, e.g.
+        ``duplicates`` and ``semdedup``).
         """
-        if table not in ANALYSIS_TABLES + ("queries", "image_stats"):
-            raise ValueError(f"not an analysis table: {table}")
-        df = df.copy()
-        if "run_id" not in df.columns and table != "image_stats":
-            df.insert(0, "run_id", run_id)
+        frames = {table: df, **(also or {})}
+        for name in frames:
+            if name not in ANALYSIS_TABLES + ("queries", "image_stats"):
+                raise ValueError(f"not an analysis table: {name}")
         with self.transaction() as con:
-            con.execute(f"DELETE FROM {table}" + (f" WHERE {where}" if where else ""), list(where_params or []))
-            if len(df):
-                con.register("_incoming", df)
-                cols = ", ".join(df.columns)
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
-                con.unregister("_incoming")
+            for name, frame in frames.items():
+                frame = frame.copy()
+                if "run_id" not in frame.columns and name != "image_stats":
+                    frame.insert(0, "run_id", run_id)
+                limited = where if name == table else None
+                con.execute(f"DELETE FROM {name}" + (f" WHERE {limited}" if limited else ""),
+                            list(where_params or []) if limited else [])
+                if len(frame):
+                    con.register("_incoming", frame)
+                    cols = ", ".join(frame.columns)
+                    con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
+                    con.unregister("_incoming")
             self.finish_run(run_id, summary, con=con)
 
     def register_parquet_view(self, view: str, files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
@@ -874,11 +900,116 @@ class Catalog:
     def live_decisions(self) -> pd.DataFrame:
         """The latest live (not undone, not an undo) decision per sample."""
         return self.query_df(
-            """SELECT * FROM decisions d
-               WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
+            f"""{self.LIVE_SQL}
                QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
                ORDER BY sample_id"""
         )
+
+    # ---------------------------------------------------------------- dataset-level reads (report, UI plots)
+    def analysis_aggregates(self) -> dict[str, Any]:
+        """Counts and mean scores of the analysis tables, for the dataset health scores (one connection).
+
+        Returns a dict with ``samples``; ``label_issues`` / ``outliers``: ``(scored, mean score, flagged)``;
+        ``duplicates``: ``(rows in sets, sets, copies beyond the keeper)``; ``image_issues``: ``{issue: (flagged,
+        sum of 1 - score)}``; ``images_measured``: rows of ``image_stats``.
+        """
+        with self.connect(read_only=True) as con:
+            one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+            return {
+                "samples": int(one("SELECT count(*) FROM samples")[0]),
+                "label_issues": one("SELECT count(*), avg(label_quality), count(*) FILTER (WHERE is_issue) "
+                                    "FROM label_issues WHERE label_quality IS NOT NULL"),
+                "outliers": one("SELECT count(*), avg(score), count(*) FILTER (WHERE is_outlier) FROM outliers "
+                                "WHERE score IS NOT NULL"),
+                "duplicates": one("SELECT count(*), count(DISTINCT set_id), "
+                                  "count(*) FILTER (WHERE NOT coalesce(is_keeper, false)) FROM duplicates"),
+                "image_issues": {r[0]: (int(r[1]), float(r[2] or 0.0)) for r in con.execute(
+                    "SELECT issue, count(*), sum(1 - least(greatest(score, 0), 1)) FROM image_issues "
+                    "GROUP BY issue ORDER BY issue").fetchall()},
+                "images_measured": int(one("SELECT count(*) FROM image_stats")[0]),
+            }
+
+    def label_distribution(self) -> pd.DataFrame:
+        """``label, given, current``: samples per class as ingested/annotated and after live relabel decisions."""
+        return self.query_df(f"""
+            WITH cur AS ({self.CURRENT_LABELS_SQL}),
+            both_ AS (SELECT given_label AS label, 1 AS given, 0 AS current FROM cur WHERE given_label IS NOT NULL
+                      UNION ALL SELECT label, 0, 1 FROM cur WHERE label IS NOT NULL)
+            SELECT label, sum(given)::BIGINT AS given, sum(current)::BIGINT AS current FROM both_
+            GROUP BY label ORDER BY current DESC, label""")
+
+    # score column, flag column of the per-sample score tables a histogram can be drawn of
+    SCORE_COLUMNS = {"label_quality": ("label_issues", "label_quality", "is_issue"),
+                     "outlier_score": ("outliers", "score", "is_outlier")}
+
+    def score_histogram(self, kind: str, bins: int = 40, con=None) -> pd.DataFrame:
+        """Histogram of a per-sample score in [0, 1], binned in DuckDB: ``bin_start, bin_end, flagged, samples``.
+
+        ``kind``: ``label_quality`` or ``outlier_score`` (:attr:`SCORE_COLUMNS`).  ``flagged`` splits each bin
+        into flagged and unflagged samples.
+        """
+        if kind not in self.SCORE_COLUMNS:
+            raise ValueError(f"no score histogram for {kind!r}; use one of {', '.join(self.SCORE_COLUMNS)}")
+        table, col, flag = self.SCORE_COLUMNS[kind]
+        sql = f"""SELECT least(greatest(floor({col} * ?), 0), ? - 1)::INTEGER AS bin, coalesce({flag}, false) AS flagged,
+                         count(*) AS samples
+                  FROM {table} WHERE {col} IS NOT NULL AND isfinite({col}) GROUP BY ALL ORDER BY bin, flagged"""
+        args = [int(bins), int(bins)]
+        if con is None:
+            df = self.query_df(sql, args)
+        else:
+            df = con.execute(sql, args).df()
+        df.insert(1, "bin_start", df["bin"] / bins)
+        df.insert(2, "bin_end", (df["bin"] + 1) / bins)
+        return df.drop(columns="bin")
+
+    def flag_boundary(self, kind: str, con=None) -> float | None:
+        """The highest score among flagged samples (where the flags stop), ``None`` when nothing is flagged."""
+        table, col, flag = self.SCORE_COLUMNS[kind]
+        sql = f"SELECT max({col}) FROM {table} WHERE {flag}"
+        v = (con.execute(sql).fetchone() if con is not None else self.query(sql)[0])[0]
+        return None if v is None else float(v)
+
+    def map_points(self, max_points: int, seed: int = 0, con=None) -> tuple[int, pd.DataFrame]:
+        """Points of the 2-D map: all of them up to ``max_points``, else a seeded sample chosen in SQL.
+
+        Returns (total points, frame of sample_id, x, y, cluster, label, issue): ``label`` is the given label
+        and ``issue`` the first of ``label issue``, ``duplicate``, ``outlier``, ``image issue`` that applies, or
+        ``none``.
+        """
+        def _read(c):
+            total = int(c.execute("SELECT count(*) FROM clusters WHERE x IS NOT NULL").fetchone()[0])
+            df = c.execute("""
+                WITH pts AS (SELECT sample_id, cluster, x, y FROM clusters WHERE x IS NOT NULL
+                             ORDER BY hash(sample_id, ?) LIMIT ?),
+                given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
+                          WHERE sample_id IN (SELECT sample_id FROM pts) GROUP BY sample_id)
+                SELECT p.sample_id, p.x, p.y, p.cluster, g.label,
+                       CASE WHEN p.sample_id IN (SELECT sample_id FROM label_issues WHERE is_issue) THEN 'label issue'
+                            WHEN p.sample_id IN (SELECT sample_id FROM duplicates WHERE NOT coalesce(is_keeper, false)) THEN 'duplicate'
+                            WHEN p.sample_id IN (SELECT sample_id FROM outliers WHERE is_outlier) THEN 'outlier'
+                            WHEN p.sample_id IN (SELECT sample_id FROM image_issues) THEN 'image issue'
+                            ELSE 'none' END AS issue
+                FROM pts p LEFT JOIN given g ON g.sample_id = p.sample_id
+                ORDER BY p.sample_id""", [int(seed), int(max_points)]).df()
+            return total, df
+
+        if con is not None:
+            return _read(con)
+        with self.connect(read_only=True) as c:
+            return _read(c)
+
+    def semdedup_pruned(self, threshold: float, con=None) -> np.ndarray:
+        """Sample ids SemDeDup prunes at ``threshold`` (``max_similarity >= threshold``) with no live decision.
+
+        Samples a reviewer already decided on are left out: applying a keep fraction never overrides them.
+        """
+        sql = f"""SELECT sample_id FROM semdedup
+                  WHERE max_similarity >= ? AND sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))
+                  ORDER BY sample_id"""
+        args = [float(threshold) - 1e-6]  # the tolerance of duplicates.semdedup_curve (float32 similarities)
+        rows = con.execute(sql, args).fetchall() if con is not None else self.query(sql, args)
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
 
 def _json_default(o: Any) -> Any:

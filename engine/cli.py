@@ -671,6 +671,24 @@ def export(
         console.print(f"  {p}")
 
 
+@app.command()
+def report(
+    project: Path = ProjectOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: "
+                                       "<project>/exports/report.html); the Markdown summary goes next to it (.md)."),
+    top: int = typer.Option(12, "--top", help="Thumbnails per gallery (label issues, duplicate sets, outliers)."),
+):
+    """Write a self-contained HTML report (health scores, plots, thumbnails, decisions) and a Markdown summary.
+
+    Example: curate report -p curate-project --out report.html --top 20
+    """
+    from engine.html_report import write_report
+
+    files = write_report(open_project(project), out=out, top=top)
+    console.print(f"wrote {files.html}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {files.markdown}", highlight=False, soft_wrap=True)
+
+
 @app.command("import-labelstudio")
 def import_labelstudio_cmd(
     file: Path = typer.Argument(..., help="Label Studio JSON export of tasks made by `curate export --format labelstudio`."),

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.components import NEW_LABEL
-from tests.ui_fixtures import build_ui_project, clone_project
+from tests.ui_fixtures import build_audited_project, build_ui_project, clone_project
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = ["overview", "label_issues", "duplicates", "outliers", "clusters", "annotate", "search", "decisions", "export"]
@@ -353,3 +353,88 @@ def test_app_read_functions_bind_hostile_filters(proj):
     assert data.find_samples(root, rev, "%")[0] == 0  # LIKE wildcards are literal too
     assert data.find_samples(root, rev, "_")[0] == len([p for p in cat.samples()["path"] if "_" in p])
     assert cat.counts()["samples"] == 26 and len(cat.decisions()) == 0
+
+
+# ------------------------------------------------------------------------------------------- score plots, SemDeDup
+@pytest.fixture(scope="module")
+def audited_template(tmp_path_factory):
+    return build_audited_project(tmp_path_factory.mktemp("ui-audited"))
+
+
+@pytest.fixture
+def audited(audited_template, tmp_path, monkeypatch):
+    p = clone_project(audited_template, tmp_path / "project")
+    monkeypatch.setenv("CURATE_PROJECT", str(p.cat.root))
+    return p
+
+
+def arr(v) -> list:
+    """A Plotly JSON array: a plain list, or plotly's typed array ``{"dtype", "bdata"[, "shape"]}`` (plotly >= 6)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            a = a.reshape([int(n) for n in str(v["shape"]).split(",")])
+        return a.tolist()
+    return list(v)
+
+
+def figures(at: AppTest) -> list[dict]:
+    """The page's Plotly charts as figure JSON."""
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def test_label_issue_histogram_and_noise_matrix(audited):
+    at = open_page("label_issues")
+    figs = {json.dumps(f["layout"].get("title", {})): f for f in figures(at)}
+    hist = next(f for t, f in figs.items() if "Label quality" in t)
+    flagged = next(tr for tr in hist["data"] if tr["name"] == "flagged")
+    assert sum(arr(flagged["y"])) == len(audited.cat.query("SELECT 1 FROM label_issues WHERE is_issue"))
+    boundary = audited.cat.scalar("SELECT max(label_quality) FROM label_issues WHERE is_issue")
+    assert any(abs(sh["x0"] - boundary) < 1e-9 for sh in hist["layout"]["shapes"])  # the flag line
+    noise = next(f for t, f in figs.items() if "noise matrix" in t)
+    heat = noise["data"][0]
+    assert heat["type"] == "heatmap" and arr(heat["x"]) == ["bird", "cat", "dog"]
+    z = arr(heat["z"])
+    assert all(abs(sum(row[j] for row in z) - 1) < 1e-6 for j in range(3))  # P(given | true): columns sum to 1
+
+
+def test_outlier_histogram_has_the_cutoff_line(audited):
+    at = open_page("outliers")
+    fig = figures(at)[0]
+    cutoff = audited.cat.last_run("outliers")["summary"]["score_cutoff"]
+    assert any(abs(sh["x0"] - cutoff) < 1e-9 for sh in fig["layout"]["shapes"])
+    assert sum(sum(arr(tr["y"])) for tr in fig["data"]) == audited.cat.scalar("SELECT count(*) FROM outliers")
+
+
+def test_apply_semdedup_keep_fraction_as_removes_then_undo(audited):
+    cat = audited.cat
+    curve = cat.last_run("duplicates")["summary"]["semdedup"]["curve"]
+    i = max(k for k, p in enumerate(curve) if p["n_removed"] >= 4)  # a point that prunes a few samples
+    threshold = curve[i]["threshold"]
+    pruned = set(cat.semdedup_pruned(threshold).tolist())
+    assert len(pruned) == curve[i]["n_removed"]
+    decided = sorted(pruned)[0]
+    cat.add_decision(decided, "keep", reason="reviewed by hand")  # a reviewer's decision is never overridden
+
+    at = open_page("duplicates")
+    assert any(arr(f["data"][0]["x"]) == [p["threshold"] for p in curve] for f in figures(at))
+    at.select_slider(key="dup-keep-fraction").set_value(i).run()
+    assert f"{len(pruned) - 1:,} of them have no decision yet" in "\n".join(c.value for c in at.caption)
+    at.button(key="dup-apply-keep-fraction").click().run()
+    assert not at.exception
+    lv = live(cat)
+    removed = set(lv.index[lv["action"] == "remove"])
+    assert removed == pruned - {decided} and lv.at[decided, "action"] == "keep"
+    assert all("SemDeDup keep fraction" in r for r in lv.loc[sorted(removed), "reason"])
+
+    at.button(key="dup-undo-keep-fraction").click().run()  # one action undoes the whole batch
+    assert not at.exception
+    lv = live(cat)
+    assert set(lv.index) == {decided}
+    history = cat.decisions(limit=100)
+    assert int(history["undoes"].notna().sum()) == len(removed)
+    assert not [b for b in at.button if b.key == "dup-undo-keep-fraction"]

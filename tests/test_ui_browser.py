@@ -152,18 +152,25 @@ def chromium():
 
 # ------------------------------------------------------------------------------------------- the test
 @pytest.fixture(scope="module")
-def browser_env(tmp_path_factory):
+def browser():
+    """One chromium for the module (Playwright's sync API allows one running instance per thread)."""
     reason = _why_no_browser()
     if reason:
         print(f"skipping the browser test: {reason}")
         pytest.skip(reason)
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def browser_env(tmp_path_factory, browser):
     from tests.ui_fixtures import build_ui_project
 
     proj = build_ui_project(tmp_path_factory.mktemp("ui-browser"))
     shots = Path(os.environ.get("CURATE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots")).resolve()
     shots.mkdir(parents=True, exist_ok=True)
     print(f"browser screenshots: {shots}")
-    with serve(proj.cat.root) as url, chromium() as browser:
+    with serve(proj.cat.root) as url:
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         yield proj, url, page, shots
         page.close()
@@ -224,6 +231,50 @@ def test_annotate_with_a_keyboard_shortcut(browser_env):
     assert poll(lambda: proj.cat.current_labels().set_index("sample_id").at[first, "label"] == "dog")
     wait_idle(page)
     page.get_by_text(f"Sample #{proj.pool[1]}").wait_for(timeout=15_000)
+
+
+# ------------------------------------------------------------------------------------------- `curate report`
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory, browser):
+    from tests.ui_fixtures import build_audited_project
+
+    proj = build_audited_project(tmp_path_factory.mktemp("report-browser"))
+    out = tmp_path_factory.mktemp("report-html") / "report.html"
+    res = subprocess.run(_curate_cmd() + ["report", "-p", str(proj.cat.root), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return proj, out
+
+
+def test_report_opens_in_chromium_without_errors(report_file, browser, tmp_path):
+    from engine.html_report import SECTIONS
+
+    proj, out = report_file
+    errors: list[str] = []
+    requests: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(out.as_uri(), wait_until="load")
+    page.wait_for_selector("#fig-semdedup .main-svg", timeout=30_000)
+    for sid in SECTIONS:
+        section = page.locator(f"section#{sid}")
+        section.scroll_into_view_if_needed()
+        assert section.is_visible(), sid
+        assert section.locator("h2").inner_text().strip() == SECTIONS[sid]
+    for fig in ("fig-health", "fig-class-balance", "fig-noise-matrix", "fig-label-hist", "fig-outlier-hist",
+                "fig-map", "fig-semdedup"):
+        assert page.locator(f"#{fig}.js-plotly-plot .main-svg").count() >= 1, fig  # drawn by plotly.js
+    assert page.locator("#fig-noise-matrix .hm, #fig-noise-matrix image").count() >= 1  # the heatmap layer
+    assert page.locator("#fig-map .scatterlayer .point").count() == len(proj.ids)  # every sample on the map
+    # every thumbnail decoded (a broken data: URI has naturalWidth 0)
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+    assert widths and min(widths) > 0, widths
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    page.close()
+    assert errors == [], errors
+    assert all(u.startswith(("file:", "data:", "about:", "blob:")) for u in requests), requests  # offline
 
 
 # ------------------------------------------------------------------------------------------- README screenshots

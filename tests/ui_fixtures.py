@@ -129,3 +129,39 @@ def clone_project(template: UIProject, dest: Path) -> UIProject:
     """A private copy of a built project (same image files, own catalog): cheaper than building one per test."""
     shutil.copytree(template.cat.root, dest)
     return dataclasses.replace(template, cat=open_project(dest))
+
+
+def build_audited_project(tmp: Path) -> UIProject:
+    """:func:`build_ui_project`, then the real analyses over imported embeddings (label issues with the noise
+    estimate, duplicates with the SemDeDup curve, outliers, image quality), so run summaries are what `curate audit`
+    writes.  The vectors put each labelled image near its class, the flagged ones near another class, the members
+    of each duplicate set on one point, and the first outlier far from everything."""
+    from engine.analyses import duplicates, image_quality, label_issues, outliers
+    from engine.byo import import_embeddings
+
+    proj = build_ui_project(tmp)
+    cat = proj.cat
+    lab = cat.current_labels().set_index("sample_id")["label"]
+    ids = np.array(sorted(proj.ids.values()), dtype=np.int64)
+    rng = np.random.default_rng(0)
+    axis = {c: i for i, c in enumerate(CLASSES)}
+    vectors = rng.normal(0, 0.15, (len(ids), 16))
+    for r, sid in enumerate(ids):
+        label = lab.get(sid)
+        vectors[r, axis[label] if isinstance(label, str) else len(CLASSES)] += 1.0
+    other = {"bird": "cat", "cat": "dog", "dog": "bird"}
+    for sid in proj.flagged:
+        r = int(np.searchsorted(ids, sid))
+        vectors[r, :4] = 0.0
+        vectors[r, axis[other[lab[sid]]]] = 1.0
+    for members in (proj.exact_set, proj.near_set):
+        for sid in members[1:]:
+            vectors[np.searchsorted(ids, sid)] = vectors[np.searchsorted(ids, members[0])] + rng.normal(0, 0.005, 16)
+    vectors[np.searchsorted(ids, proj.outliers[0])] = rng.normal(0, 1, 16) * 3
+    np.savez(tmp / "vectors.npz", vectors=vectors.astype(np.float32), ids=ids)
+    import_embeddings(cat, tmp / "vectors.npz", encoder="byo:test")
+    label_issues.run(cat, encoder="byo:test", n_folds=2)
+    duplicates.run(cat, encoder="byo:test", threshold=0.95, k=5)
+    outliers.run(cat, encoder="byo:test", k=5)
+    image_quality.run(cat, workers=1)
+    return proj

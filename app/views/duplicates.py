@@ -25,6 +25,47 @@ with st.container(horizontal=True, vertical_alignment="bottom"):
     crosses = st.toggle("Crossing splits only", key=f"{NS}-crosses",
                         help="Sets whose copies sit in different splits (train/test leakage)")
 
+
+
+def apply_keep_fraction(threshold: float, keep_fraction: float) -> None:
+    """Record `remove` for every sample SemDeDup prunes at ``threshold`` that has no live decision (one batch)."""
+    pruned = data.catalog(root).semdedup_pruned(threshold)
+    reason = f"SemDeDup keep fraction {keep_fraction:.1%} (similarity >= {threshold:.2f})"
+    ids = ui.record(root, [(int(s), "remove", None, reason) for s in pruned],
+                    f"SemDeDup: {len(pruned):,} samples marked remove")
+    st.session_state[f"{NS}-semdedup-batch"] = ids
+
+
+def undo_keep_fraction() -> None:
+    ui.undo(root, st.session_state.pop(f"{NS}-semdedup-batch", []))
+
+
+semdedup = data.last_run_summary(root, rev[1:], "duplicates").get("semdedup")
+with st.expander("SemDeDup keep-fraction curve", icon=":material/show_chart:"):
+    if not semdedup or not semdedup.get("curve"):
+        st.caption("No SemDeDup curve recorded: run `curate audit duplicates -p PROJECT`.")
+    else:
+        from engine.html_report import keep_fraction_table, semdedup_figure
+
+        curve = keep_fraction_table(semdedup)
+        ui.plotly(semdedup_figure(curve, semdedup.get("n")), key=f"{NS}-semdedup-curve")
+        points = list(curve.itertuples(index=False))
+        point = st.select_slider(
+            "Keep fraction", options=list(range(len(points))), value=len(points) - 1, key=f"{NS}-keep-fraction",
+            format_func=lambda i: f"{points[i].keep_fraction:.1%} (similarity ≥ {points[i].threshold:.2f})")
+        chosen = points[point]
+        todo = data.semdedup_pruned_count(root, rev, float(chosen.threshold))
+        st.caption(f"Keeping {chosen.keep_fraction:.1%} prunes {int(chosen.n_removed):,} samples; {todo:,} of them "
+                   "have no decision yet and would be marked remove (decided samples are left as they are).")
+        with st.container(horizontal=True):
+            st.button("Apply keep fraction as remove decisions", key=f"{NS}-apply-keep-fraction", type="primary",
+                      disabled=todo == 0, on_click=apply_keep_fraction,
+                      args=(float(chosen.threshold), float(chosen.keep_fraction)))
+            batch = st.session_state.get(f"{NS}-semdedup-batch")
+            if batch:
+                st.button(f"Undo the applied keep fraction ({len(batch):,} decisions)", key=f"{NS}-undo-keep-fraction",
+                          icon=":material/undo:", on_click=undo_keep_fraction)
+
 filters = dict(kinds=tuple(kinds or ()), crosses_only=crosses, status=status)
 total, members = ui.paged(
     NS, lambda limit, offset: data.duplicate_sets_page(root, rev, **filters, limit=limit, offset=offset),

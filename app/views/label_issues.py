@@ -21,6 +21,24 @@ if not given_opts and not sugg_opts:
     ui.no_data(hints.no_label_issues(root))
     st.stop()
 
+with st.expander("Score distribution and noise matrix", icon=":material/bar_chart:"):
+    from engine.html_report import histogram_figure, noise_matrix_figure
+
+    plots = st.columns(2)
+    hist, boundary = data.score_histogram(root, rev[1:], "label_quality")
+    with plots[0]:
+        if len(hist):
+            ui.plotly(histogram_figure(hist, "Label quality", "label quality (lower = more likely wrong)", boundary,
+                                       "highest flagged"), key=f"{NS}-hist")
+            st.caption("Confident learning flags per class (no single cut-off): the line marks the highest label "
+                       "quality among flagged samples.")
+    joint = data.last_run_summary(root, rev[1:], "label_issues").get("joint")
+    with plots[1]:
+        if joint and joint.get("matrix"):
+            ui.plotly(noise_matrix_figure(joint), key=f"{NS}-noise")
+        else:
+            st.caption("No noise estimate recorded: re-run `curate audit labels -p PROJECT`.")
+
 with st.container(horizontal=True, vertical_alignment="bottom"):
     only_flagged = st.toggle("Flagged only", value=True, key=f"{NS}-flagged")
     status = st.segmented_control("Status", ["unreviewed", "reviewed", "all"], default="unreviewed",

@@ -17,6 +17,14 @@ view = st.segmented_control("View", ["Outliers", "Image quality"], default="Outl
 
 if view == "Outliers":
     NS, REASON = "out", "outlier review"
+    with st.expander("Score distribution", icon=":material/bar_chart:"):
+        from engine.html_report import histogram_figure
+
+        hist, _ = data.score_histogram(root, rev[1:], "outlier_score")
+        cutoff = data.last_run_summary(root, rev[1:], "outliers").get("score_cutoff")
+        if len(hist):
+            ui.plotly(histogram_figure(hist, "Outlier score", "outlier score (lower = more atypical)", cutoff,
+                                       "flag cutoff"), key=f"{NS}-hist")
     with st.container(horizontal=True, vertical_alignment="bottom"):
         only_flagged = st.toggle("Flagged only", value=True, key=f"{NS}-flagged")
         status = st.segmented_control("Status", ["unreviewed", "reviewed", "all"], default="unreviewed",

@@ -757,6 +757,21 @@ def semdedup_curve(embeddings: np.ndarray, thresholds: Sequence[float] = DEFAULT
                          max_similarity=max_sim, partition=part, n_partitions=k, seconds=time.perf_counter() - t0)
 
 
+def semdedup_table(curve: SemDedupCurve | None, sample_ids: np.ndarray) -> pd.DataFrame:
+    """Rows of the ``semdedup`` table: the samples the curve prunes at its lowest threshold.
+
+    ``sample_id, max_similarity, kmeans_partition`` (row r of the curve is ``sample_ids[r]``); samples kept at
+    every threshold of the curve are left out.  ``None`` gives the empty table (no curve computed).
+    """
+    if curve is None or not len(curve.thresholds):
+        return pd.DataFrame({"sample_id": pd.Series(dtype=np.int64), "max_similarity": pd.Series(dtype=float),
+                             "kmeans_partition": pd.Series(dtype=np.int32)})
+    m = curve.removed_mask(float(np.min(curve.thresholds)))
+    return pd.DataFrame({"sample_id": np.asarray(sample_ids, np.int64)[m],
+                         "max_similarity": curve.max_similarity[m].astype(np.float64),
+                         "kmeans_partition": curve.partition[m].astype(np.int32)})
+
+
 # ------------------------------------------------------------------------------------------- catalog wrapper
 def default_threshold(encoder: str | None) -> float:
     """The calibrated near-duplicate threshold for ``encoder`` (``DEFAULT_THRESHOLD`` if not calibrated)."""
@@ -876,10 +891,14 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             "out_of_core": big,
             **({"candidates": ooc_info} if big else {}),
         }
+        pruned = semdedup_table(None, ids)
         if semdedup and len(es.vectors) >= 2:
             with step(progress, "SemDeDup curve"):
-                summary["semdedup"] = semdedup_curve(es.vectors, curve_thresholds, seed=seed).to_dict()
-        cat.replace_analysis("duplicates", table, run_id, summary)
+                curve = semdedup_curve(es.vectors, curve_thresholds, seed=seed)
+                summary["semdedup"] = curve.to_dict()
+                pruned = semdedup_table(curve, ids)
+        # the pruned rows go with the curve, so a chosen keep fraction can become remove decisions
+        cat.replace_analysis("duplicates", table, run_id, summary, also={"semdedup": pruned})
     return summary
 
 
@@ -918,6 +937,16 @@ def largest_sets(cat: Catalog, limit: int = 10) -> pd.DataFrame:
                   any_value(s.path) FILTER (WHERE d.is_keeper) AS keeper, bool_or(d.crosses_splits) AS leak
            FROM duplicates d JOIN samples s ON s.id = d.sample_id
            GROUP BY d.set_id ORDER BY size DESC, d.set_id LIMIT ?""", [int(limit)])
+
+
+def set_members(cat: Catalog, set_ids: Sequence[int], max_members: int = 8) -> pd.DataFrame:
+    """Members of the given duplicate sets, keeper first: set_id, sample_id, kind, similarity, is_keeper, split, path."""
+    return cat.query_df(
+        """SELECT d.set_id, d.sample_id, d.kind, d.similarity, d.is_keeper, s.split, s.path
+           FROM duplicates d JOIN samples s ON s.id = d.sample_id WHERE d.set_id IN (SELECT unnest(?::BIGINT[]))
+           QUALIFY row_number() OVER (PARTITION BY d.set_id ORDER BY d.is_keeper DESC NULLS LAST, d.sample_id) <= ?
+           ORDER BY d.set_id, d.is_keeper DESC NULLS LAST, d.sample_id""",
+        [[int(s) for s in set_ids], int(max_members)])
 
 
 def _attach_unembedded(vectors: np.ndarray, ids: np.ndarray, info: pd.DataFrame, samples: pd.DataFrame,

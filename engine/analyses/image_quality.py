@@ -354,6 +354,11 @@ def image_issues(stats: pd.DataFrame, config: ImageQualityConfig | None = None) 
                              "score": pd.Series(dtype=float)}))
     df = df.sort_values(["issue", "score", "sample_id"], kind="stable").reset_index(drop=True)
     df.attrs["cutoffs"] = info
+    # cleanlab's dataset-level score of an issue type: the mean of every sample's score (flagged or not)
+    # (a sample whose score could not be computed does not count; no scored sample at all gives 1.0)
+    scores = {issue: wide[f"{issue}_score"].to_numpy(float) for issue in ISSUE_TYPES}
+    df.attrs["mean_scores"] = {issue: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else 1.0
+                               for issue, v in scores.items()}
     return df
 
 
@@ -419,6 +424,7 @@ def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | N
             "issues": {k: int(counts.get(k, 0)) for k in ISSUE_TYPES},
             "samples_with_issues": int(issues["sample_id"].nunique()),
             "cutoffs": issues.attrs.get("cutoffs", {}),
+            "mean_scores": issues.attrs.get("mean_scores", {}),
         }
         cat.replace_analysis("image_issues", issues, run_id, summary)
     return summary

@@ -164,6 +164,7 @@ class LabelIssuesResult:
             "estimated_noise_rate": self.estimated_noise_rate,
             "noise_rate_per_class": {str(k): float(v) for k, v in self.noise_rates.items()},
             "top_confused_pairs": self.top_confused_pairs(top_pairs),
+            "joint": joint_summary(self.joint, self.joint_classes),
             "small_classes": {str(k): int(v) for k, v in self.small_classes.items()},
             "unverifiable_classes": [str(c) for c in self.unverifiable_classes],
             "n_classes": len(self.class_names),
@@ -205,6 +206,31 @@ def confused_pairs(joint: np.ndarray, classes: Sequence[Any], n_labeled: int, to
             "rate_within_given": float(J[i, j] / row_sums[i]) if row_sums[i] > 0 else 0.0,
         })
     return out
+
+
+MAX_JOINT_CLASSES = 100  # classes of the joint kept in the run summary (100 x 100 floats ~ 100 kB of JSON)
+
+
+def joint_summary(joint: np.ndarray, classes: Sequence[Any], max_classes: int = MAX_JOINT_CLASSES) -> dict:
+    """The estimated joint ``p(given, true)`` as a small JSON record for the run summary (report, UI heatmap).
+
+    Above ``max_classes`` classes only the ``max_classes`` with the most off-diagonal mass (given or true) are kept,
+    in their original order; ``n_classes`` says how many there were.  Entries are rounded to 6 decimals.
+
+    >>> joint_summary(np.array([[0.5, 0.1], [0.0, 0.4]]), ["a", "b"])
+    {'classes': ['a', 'b'], 'matrix': [[0.5, 0.1], [0.0, 0.4]], 'n_classes': 2}
+    """
+    J = np.asarray(joint, dtype=np.float64)
+    names = [_py(c) for c in classes]
+    keep = np.arange(len(names))
+    if len(names) > max_classes:
+        off = J.copy()
+        np.fill_diagonal(off, 0.0)
+        mass = off.sum(axis=0) + off.sum(axis=1)
+        keep = np.sort(np.argsort(-mass, kind="stable")[:max_classes])
+    return {"classes": [str(names[i]) for i in keep],
+            "matrix": np.round(J[np.ix_(keep, keep)], 6).tolist() if J.size else [],
+            "n_classes": len(names)}
 
 
 def calibrated_joint(confident_joint: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
@@ -722,6 +748,7 @@ def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K
             "estimated_noise_rate": float(1.0 - np.trace(joint)),
             "noise_rate_per_class": {names[c]: float(rates[c]) for c in range(len(names))},
             "top_confused_pairs": confused_pairs(joint, names, n_lab),
+            "joint": joint_summary(joint, names),
             "small_classes": small, "unverifiable_classes": [c for c, v in small.items() if v == 1],
             "n_classes": len(names), "agreement_with_given": agreement,
             "warnings": _warnings(agreement, float(1.0 - np.trace(joint)), {}, n_lab),
