@@ -37,6 +37,14 @@ def no_duplicates(root: str) -> str:
             "them; switch Status to 'all' to see reviewed ones.)")
 
 
+def no_noise_estimate(root: str) -> str:
+    return f"No noise estimate recorded: re-run `{cmd(root, 'audit', 'labels')}`."
+
+
+def no_semdedup_curve(root: str) -> str:
+    return f"No SemDeDup curve recorded: run `{cmd(root, 'audit', 'duplicates')}`."
+
+
 def no_outliers(root: str) -> str:
     return f"No unreviewed outliers (run `{audit(root)}` or `{cmd(root, 'audit', 'outliers')}` to score them)."
 
@@ -68,6 +76,6 @@ def text_needs_clip(root: str, encoder: str) -> str:
 
 def all_hints(root: str) -> list[str]:
     """Every hint above for ``root`` (what the parse test checks)."""
-    return [empty_catalog(root), no_results(root), no_label_issues(root), no_duplicates(root), no_outliers(root),
+    return [empty_catalog(root), no_results(root), no_label_issues(root), no_noise_estimate(root), no_duplicates(root), no_semdedup_curve(root), no_outliers(root),
             no_image_issues(root), no_map(root), no_queue(root), queue_done(root), no_embeddings(root),
             text_needs_clip(root, "effnet-lite0")]

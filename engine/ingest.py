@@ -221,7 +221,7 @@ def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate]
     out: list[Candidate] = []
     seen: set[str] = set()
     has_label = "label" in cols
-    # every other column is kept as sample metadata (filterable in the UI, usable by `curate query --balance-by`)
+    # every other column is kept as sample metadata (filterable in the UI, usable by `curate query --balance-by KEY`)
     extra_cols = [c for k, c in cols.items() if k not in ("path", "label", "split")]
     for i, rec in enumerate(df.to_dict("records"), start=1):
         raw = rec[cols["path"]]

@@ -220,6 +220,6 @@ def test_report_shows_decisions_and_a_fresh_project(audited, tmp_path):
 
 def test_bad_out_path_is_a_one_line_error(audited, tmp_path):
     res = curate("report", "-p", str(audited.cat.root), "--out", str(tmp_path / "report.pdf"))
-    assert res.returncode == 2 and "must name an .html file" in res.stdout and "Traceback" not in res.stdout + res.stderr
+    assert res.returncode == 1 and "must name an .html file" in res.stdout and "Traceback" not in res.stdout + res.stderr
     res = curate("report", "-p", str(tmp_path / "missing"))
-    assert res.returncode == 2 and "no Curate project" in res.stdout
+    assert res.returncode == 1 and "no Curate project" in res.stdout

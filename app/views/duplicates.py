@@ -43,7 +43,7 @@ def undo_keep_fraction() -> None:
 semdedup = data.last_run_summary(root, rev[1:], "duplicates").get("semdedup")
 with st.expander("SemDeDup keep-fraction curve", icon=":material/show_chart:"):
     if not semdedup or not semdedup.get("curve"):
-        st.caption("No SemDeDup curve recorded: run `curate audit duplicates -p PROJECT`.")
+        st.caption(hints.no_semdedup_curve(root))
     else:
         from engine.html_report import keep_fraction_table, semdedup_figure
 

@@ -37,7 +37,7 @@ with st.expander("Score distribution and noise matrix", icon=":material/bar_char
         if joint and joint.get("matrix"):
             ui.plotly(noise_matrix_figure(joint), key=f"{NS}-noise")
         else:
-            st.caption("No noise estimate recorded: re-run `curate audit labels -p PROJECT`.")
+            st.caption(hints.no_noise_estimate(root))
 
 with st.container(horizontal=True, vertical_alignment="bottom"):
     only_flagged = st.toggle("Flagged only", value=True, key=f"{NS}-flagged")
