@@ -284,6 +284,7 @@ class LinearProbe:
 
 def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None = None, n_folds: int = 5,
                             seed: int = 0, extra_X: np.ndarray | None = None, progress: Any = None,
+                            train_mask: np.ndarray | None = None,
                             **probe_params: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Out-of-sample class probabilities from a stratified K-fold linear probe.
 
@@ -308,6 +309,11 @@ def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None 
     extra_X : np.ndarray, shape (m, d), optional
         Rows that are in no training fold (e.g. samples of classes too small to cross-validate): they are predicted
         by the average of the fold probes, which is out-of-sample for them as well.
+    train_mask : np.ndarray of bool, shape (n,), optional
+        Rows allowed into the training folds (default: all).  Rows outside it are still predicted out-of-sample;
+        label issues use it to refit without the samples an earlier round suspected (their labels would pull the
+        probe towards the noise).  A fold whose allowed training rows span fewer than 2 classes trains on all of
+        its rows instead.
     **probe_params
         Passed to :class:`LinearProbe` (``C``, ``backend``, ``device``, ``max_iter`` ...).
 
@@ -345,7 +351,10 @@ def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None 
         splits = list(skf.split(np.zeros(len(y)), y))
     from engine.progress import track
 
+    allowed = None if train_mask is None else np.asarray(train_mask, dtype=bool)
     for train, test in track(splits, "probe folds", progress=progress):
+        if allowed is not None and len(np.unique(y[train[allowed[train]]])) >= 2:
+            train = train[allowed[train]]
         probe = LinearProbe(**probe_params).fit(X[train], y[train])
         cols = probe.classes_.astype(np.int64)  # a class absent from this training fold keeps probability 0
         probs[np.ix_(test, cols)] = probe.predict_proba(X[test])
