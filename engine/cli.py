@@ -407,6 +407,9 @@ def audit_duplicates(
                                       "(-1: embeddings only)."),
     seed: int = typer.Option(0, help="Seed of the SemDeDup k-means partitions."),
     semdedup: bool = typer.Option(True, "--semdedup/--no-semdedup", help="Also compute the SemDeDup pruning curve."),
+    pixel_check: bool = typer.Option(True, "--pixel-check/--no-pixel-check",
+                                     help="Confirm close neighbours below the threshold by their pixels (crops, "
+                                          "shifts, mirror images, small rotations)."),
     out_of_core: Optional[bool] = OocOpt,
     quiet: bool = QuietOpt,
 ):
@@ -420,11 +423,13 @@ def audit_duplicates(
     with shown("duplicates", progress_enabled(quiet)) as progress:
         s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
                            hash_distance=None if hash_distance < 0 else hash_distance, out_of_core=out_of_core,
-                           progress=progress)
+                           progress=progress, pixel_check=pixel_check)
     hd = "off" if s["hash_distance"] is None else f"<= {s['hash_distance']}"
     console.print(f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
                   f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
-                  f"(cosine >= {s['threshold']:.3f} on {s['encoder']}, pHash distance {hd})",
+                  f"(cosine >= {s['threshold']:.3f} on {s['encoder']}, pHash distance {hd}"
+                  + (f", {s['pixel_verified']} of {s['pixel_candidates']} closer neighbours confirmed by pixels)"
+                     if s.get("pixel_check") else ")"),
                   highlight=False)
     console.print(f"train/test leakage: {s['leakage_pairs']} cross-split pairs, {s['sets_crossing_splits']} sets")
     top = duplicates.largest_sets(cat, limit=10)
