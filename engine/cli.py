@@ -498,7 +498,7 @@ def audit_quality(
 @app.command()
 def cluster(
     project: Path = ProjectOpt,
-    k: Optional[int] = typer.Option(None, "--k", help="Number of k-means clusters (default: chosen by silhouette)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of k-means clusters (default: the number of labelled classes, or chosen by silhouette without labels)."),
     method: str = typer.Option("kmeans", help="kmeans | hdbscan (density clusters with a noise label -1)."),
     encoder: Optional[str] = typer.Option(None, help="Embedding set to cluster (default: the most recent)."),
     seed: int = typer.Option(0, help="Random seed (k-means, silhouette sample, UMAP)."),

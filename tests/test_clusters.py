@@ -200,8 +200,11 @@ def test_catalog_run_writes_clusters_and_summaries(tmp_path, project):
         assert all(by_id[int(s)] == r.cluster for s in list(r.representatives) + list(r.atypical))
         assert r.majority_label.startswith("class")
     run = project.last_run("clusters")
-    assert run["id"] == res.run_id and run["summary"]["k_chosen_by"] == "silhouette"
+    # labels exist: their class count is the k (the prior that keeps real photos from collapsing to k = 2)
+    assert run["id"] == res.run_id and run["summary"]["k_chosen_by"] == "labelled classes"
     assert run["summary"]["weighted_purity"] == 1.0
+    res_sil = clusters.run(project, encoder=enc, name_clusters=False, k_from_labels=False)
+    assert res_sil.k == 3 and project.last_run("clusters")["summary"]["k_chosen_by"] == "silhouette"
 
     # a rerun (HDBSCAN, given nothing else) replaces both tables atomically
     res2 = clusters.run(project, encoder=enc, method="hdbscan", name_clusters=False, min_cluster_size=5)
