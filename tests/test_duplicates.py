@@ -288,3 +288,97 @@ def test_run_round_trip_with_real_embeddings(tmp_path):
     ranks = cat.query_df("SELECT rank, score FROM outliers ORDER BY rank")
     assert out["n"] == 10 and ranks["rank"].tolist() == list(range(1, 11))
     assert ranks["score"].is_monotonic_increasing
+
+
+# --------------------------------------------------------------------------------------- pixel check
+def _photo(seed: int, side: int = 48):
+    """A random 'photo': smooth colour field plus fine detail, so shifted copies still line up pixel by pixel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC), dtype=np.float32)
+    return Image.fromarray(np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8))
+
+
+def test_pixel_similarity_sees_through_shift_mirror_colour_and_rotation():
+    from PIL import Image, ImageEnhance
+
+    from engine.analyses.duplicates import pixel_signature, pixel_similarity
+
+    a = _photo(0)
+    shifted = Image.new("RGB", a.size)
+    shifted.paste(a, (2, -1))
+    views = [shifted, a.transpose(Image.FLIP_LEFT_RIGHT), ImageEnhance.Brightness(a).enhance(1.3),
+             a.rotate(6, resample=Image.BICUBIC), a.resize((96, 96))]
+    sa = np.stack([pixel_signature(a)] * len(views))
+    sims = pixel_similarity(sa, np.stack([pixel_signature(v) for v in views]))
+    assert (sims >= 0.85).all(), sims
+    others = pixel_similarity(np.stack([pixel_signature(a)] * 4), np.stack([pixel_signature(_photo(s)) for s in (1, 2, 3, 4)]))
+    assert (others < 0.6).all(), others
+
+
+def test_verify_pairs_needs_a_copy_to_stand_out_from_its_reference_neighbour():
+    from engine.analyses.duplicates import DuplicatePairs, verify_pairs
+
+    rng = np.random.default_rng(0)
+    base = rng.random((32, 32)).astype(np.float32)
+    sig = np.stack([base, base + 0.01 * rng.random((32, 32)), rng.random((32, 32)),  # 0~1 copy, 2 unrelated
+                    base, base * 0.9 + 0.05 * rng.random((32, 32))]).astype(np.float32)  # 3, 4: look-alikes of each other
+    pairs = DuplicatePairs(np.array([0, 3]), np.array([1, 4]), np.array([0.8, 0.8], np.float32))
+    ok, corr = verify_pairs(pairs, sig)
+    assert ok.i.tolist() == [0, 3] and (corr > 0.95).all()
+    # with references: 0's reference (2) is unrelated, so 0~1 stands out; 3's reference (0) looks just like it
+    reference = np.array([2, 2, 0, 0, 0])
+    ok, _ = verify_pairs(pairs, sig, reference=reference, min_pixel_gap=0.25)
+    assert list(zip(ok.i.tolist(), ok.j.tolist())) == [(0, 1)]
+    # an unreadable file confirms nothing
+    ok, corr = verify_pairs(pairs, sig, has_signature=np.array([True, False, True, True, True]))
+    assert ok.i.tolist() == [3] and corr[0] == -1
+
+
+def test_candidate_pairs_are_the_close_neighbours_that_stand_out():
+    from engine.analyses.duplicates import candidate_pairs
+
+    graph = SimpleNamespace(
+        indices=np.array([[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]]),
+        similarities=np.array([[0.9, 0.5, 0.4], [0.9, 0.5, 0.4], [0.99, 0.5, 0.45], [0.99, 0.5, 0.45]], np.float32))
+    c = candidate_pairs(graph, threshold=0.97, verify_k=1, candidate_threshold=0.6, min_gap=0.05)
+    assert list(zip(c.i.tolist(), c.j.tolist())) == [(0, 1)]  # 2~3 is above the threshold already: no check
+    crowded = SimpleNamespace(indices=graph.indices, similarities=np.full((4, 3), 0.9, np.float32))
+    assert len(candidate_pairs(crowded, threshold=0.97, verify_k=1, min_gap=0.05)) == 0
+
+
+def test_run_finds_shifted_and_mirrored_copies_by_their_pixels(tmp_path):
+    """Through files and effnet-lite0: copies the embedding alone misses at 0.97 are found with the pixel check."""
+    from PIL import Image
+
+    from engine.analyses import duplicates
+    from engine.catalog import init_project
+    from engine.embed import embed_project
+    from engine.ingest import ingest
+
+    root = tmp_path / "data"
+    (root / "train" / "x").mkdir(parents=True)
+    (root / "test" / "x").mkdir(parents=True)
+    for s in range(24):
+        _photo(100 + s).save(root / "train" / "x" / f"p{s}.png")
+    shifted = Image.new("RGB", (48, 48))
+    shifted.paste(_photo(100), (3, 2))
+    shifted.save(root / "test" / "x" / "p0_shifted.png")
+    _photo(101).transpose(Image.FLIP_LEFT_RIGHT).save(root / "test" / "x" / "p1_mirror.png")
+    cat = init_project(tmp_path / "proj")
+    ingest(cat, root)
+    embed_project(cat, encoder="effnet-lite0:96", device="cpu")
+    path_of = dict(cat.query("SELECT id, path FROM samples"))
+
+    def found():
+        table = cat.query_df("SELECT * FROM duplicates")
+        return [{path_of[s].rsplit("/", 1)[-1] for s in g["sample_id"]} for _, g in table.groupby("set_id")]
+
+    without = duplicates.run(cat, semdedup=False, hash_distance=None, pixel_check=False)
+    assert {"p0.png", "p0_shifted.png"} not in found() and not without["pixel_check"]
+    summary = duplicates.run(cat, semdedup=False, hash_distance=None)
+    sets = found()
+    assert {"p0.png", "p0_shifted.png"} in sets and {"p1.png", "p1_mirror.png"} in sets, sets
+    assert len(sets) == 2 and summary["pixel_verified"] >= 2 and summary["leakage_pairs"] == 2

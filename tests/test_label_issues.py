@@ -305,3 +305,67 @@ def test_run_without_embeddings_needs_full_predictions(tmp_path):
     summary = run(cat)
     assert summary["encoder"] is None and summary["n_labeled"] == 60
     assert bool(cat.scalar("SELECT is_issue FROM label_issues WHERE sample_id = 1"))
+
+
+# --------------------------------------------------------------------------------------- calibrated flag count
+def test_anchor_and_calibrated_noise_rates():
+    from engine.analyses.label_issues import anchor_noise_rate, calibrated_noise_rate
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    P = np.full((3000, 3), 0.1)
+    P[np.arange(3000), y] = 0.8
+    P += rng.uniform(0, 0.05, P.shape)
+    assert anchor_noise_rate(P / P.sum(1, keepdims=True), y) < 0.01  # confident predictions agree with the labels
+    noisy, flip = flip_labels(y, 0.2, seed=1)
+    assert abs(anchor_noise_rate(P, noisy) - flip.mean()) < 0.05  # noise independent of the image: anchors see it
+    rate, limited = calibrated_noise_rate(0.24, 0.12)
+    assert not limited and 0.12 < rate < 0.24
+    rate, limited = calibrated_noise_rate(0.12, 0.01)  # confident learning 12x the anchors: encoder confusion
+    assert limited and rate <= 0.01
+    assert calibrated_noise_rate(0.004, 0.05) == (0.004, False)  # never above confident learning
+
+
+def test_clean_labels_through_a_weak_encoder_are_not_flagged_by_the_thousand():
+    """Overlapping classes, no label noise: confident learning's own count flags the encoder's confusions; the
+    calibrated count caps the flags and the summary says why."""
+    # like photos: every class has a clear core the encoder is sure of, and a fringe it confuses with other classes
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 2000)
+    centers = rng.normal(0, 1, (5, 16))
+    spread = np.where(rng.random(2000) < 0.6, 0.3, 3.0)[:, None]
+    X = unit(centers[y] + rng.normal(0, 1, (2000, 16)) * spread)
+    g = knn_graph(X, k=10)
+    cl = find_label_issues(X, y, knn_graph=g, flag_count="confident_learning")
+    ours = find_label_issues(X, y, knn_graph=g)
+    disagree = int((ours.suggested_label.astype(int) != y).sum())
+    assert disagree > 150  # the fringes overlap: many out-of-sample predictions disagree with the (correct) labels
+    assert ours.n_issues <= min(cl.n_issues, 0.01 * len(y)), (ours.n_issues, cl.n_issues, disagree)
+    assert ours.details["noise_rate_confident_learning"] > 4 * ours.details["noise_rate_anchor"]
+    assert ours.details["noise_below_encoder_resolution"]
+    assert any("cleaner than this encoder can resolve" in w for w in ours.details["warnings"])
+
+
+def test_noisy_labels_flag_about_the_noise_count_and_rounds_help():
+    X, y = blobs(n=2000, n_classes=5, dim=16, spread=1.0, seed=4)
+    noisy, flip = flip_labels(y, 0.2, seed=5)
+    g = knn_graph(X, k=10)
+    r = find_label_issues(X, noisy, knn_graph=g)
+    assert abs(r.n_issues - flip.sum()) < 0.3 * flip.sum(), (r.n_issues, flip.sum())
+    f1 = lambda res: 2 * (res.is_issue & flip).sum() / (res.is_issue.sum() + flip.sum())  # noqa: E731
+    assert f1(r) > 0.8
+    assert r.details["rounds"] == 2 and len(r.details["round_suspects"]) == 1
+    one = find_label_issues(X, noisy, knn_graph=g, rounds=1)
+    assert f1(r) >= f1(one) - 0.01
+
+
+def test_cross_val_train_mask_keeps_rows_out_of_training_but_predicts_them():
+    X, y = blobs(n=300, n_classes=3, dim=8, seed=7)
+    wrong = y.copy()
+    bad = np.arange(0, 300, 4)
+    wrong[bad] = (y[bad] + 1) % 3  # 25 % wrong labels
+    masked, _, _ = cross_val_predict_proba(X, wrong, 3, train_mask=~np.isin(np.arange(300), bad), C=1.0)
+    plain, _, _ = cross_val_predict_proba(X, wrong, 3, C=1.0)
+    assert masked.shape == (300, 3) and np.allclose(masked.sum(1), 1, atol=1e-4)
+    # trained without the wrong labels, the probe is surer of the true class of the mislabeled rows
+    assert masked[bad, y[bad]].mean() > plain[bad, y[bad]].mean()
