@@ -128,7 +128,7 @@ def test_audit_all_shows_progress_for_every_step_and_a_timing_table(tmp_path):
     assert len(steps) == 8
     for name in steps:
         assert f"progress {name}: " in r.stderr, (name, r.stderr)
-    for stage in ("label issues: probe folds 5/5", "clusters: silhouette sweep over k", "clusters: 2-D map",
+    for stage in ("label issues: probe folds 5/5", "clusters: kmeans clustering", "clusters: 2-D map",
                   "knn graph: kNN graph", "image quality: image stats"):
         assert f"progress {stage}" in r.stderr, (stage, r.stderr)
     table = r.stdout[r.stdout.index("audit steps"):]
