@@ -162,6 +162,25 @@ def test_effnet_input_size_is_a_parameter(sample_images):
     assert enc.encode_images(x).shape == (2, 1280)
 
 
+def test_effnet_lite2_real_imagenet_predictions(sample_images):
+    """The second packaged network: its tensors load one to one into timm's tf_efficientnet_lite2."""
+    enc = get_encoder("effnet-lite2", device="cpu")
+    assert enc.name == "effnet-lite2" and canonical_name("effnet-lite2:260") == "effnet-lite2"
+    assert (enc.preprocessing.resize, enc.preprocessing.crop) == (292, 260)
+    x = torch.stack([enc.transform(im) for im in sample_images])
+    probs = enc.classify(x)
+    assert enc.class_names[int(probs[0].argmax())] == "palace" and float(probs[0].max()) > 0.3
+    # Lite2's centre crop of flower.jpg is the daisy's disc of florets: it answers honeycomb, then bee and ant
+    # (weights copied into the wrong tensors give no such coherent answer)
+    top5 = {enc.class_names[i].split(",")[0] for i in probs[1].topk(5).indices.tolist()}
+    assert {"honeycomb", "bee"} <= top5, top5
+    assert enc.encode_images(x).shape == (2, 1280)
+    assert canonical_name("effnet-lite2:128") == "effnet-lite2:128"
+    assert {i.name for i in available_encoders()} >= {"effnet-lite0", "effnet-lite2"}
+    with pytest.raises(CurateError, match="effnet-lite2:<input size"):
+        canonical_name("effnet-lite2:tiny")
+
+
 # ------------------------------------------------------------------------------------------------ clip
 def test_clip_loads_a_local_checkpoint_and_encodes_images_and_texts(tmp_path, sample_images):
     import open_clip

@@ -56,7 +56,7 @@ class EncoderInfo:
 
 def is_builtin_name(name: str) -> bool:
     """Whether ``name`` belongs to a built-in encoder family (``clip...`` or ``effnet-lite0...``)."""
-    return name == _clip.PREFIX or name.startswith(_clip.PREFIX + ":") or name.split(":")[0] == _effnet.NAME
+    return name == _clip.PREFIX or name.startswith(_clip.PREFIX + ":") or _effnet.variant_of(name) is not None
 
 
 def canonical_name(name: str) -> str:
@@ -65,10 +65,10 @@ def canonical_name(name: str) -> str:
         return resolve_auto()
     if name == _clip.PREFIX or name.startswith(_clip.PREFIX + ":"):
         return _clip.parse_name(name).name
-    if name.split(":")[0] == _effnet.NAME:
-        size = _effnet.parse_name(name)
-        return _effnet.NAME if size == _effnet.DEFAULT_IMAGE_SIZE else f"{_effnet.NAME}:{size}"
-    raise CurateError(f"unknown encoder {name!r}; use auto, {OFFLINE_DEFAULT}, clip:<model>/<tag> or clip:<model>@<path> "
+    if _effnet.variant_of(name) is not None:
+        return _effnet.canonical(name)
+    raise CurateError(f"unknown encoder {name!r}; use auto, {OFFLINE_DEFAULT}, effnet-lite2, clip:<model>/<tag> or "
+                      "clip:<model>@<path> "
                       "(`curate encoders` lists what is available)")
 
 
@@ -94,11 +94,12 @@ def resolve_auto() -> str:
 def available_encoders() -> list[EncoderInfo]:
     """Built-in encoders and whether each can be loaded here (default CLIP, any cached CLIP, EfficientNet-Lite0)."""
     out: list[EncoderInfo] = []
-    try:
-        path = _effnet.weights_path()
-        out.append(EncoderInfo(OFFLINE_DEFAULT, "effnet", True, False, f"packaged weights {path}"))
-    except CurateError as exc:
-        out.append(EncoderInfo(OFFLINE_DEFAULT, "effnet", False, False, str(exc)))
+    for variant in _effnet.VARIANTS:
+        try:
+            path = _effnet.weights_path(variant)
+            out.append(EncoderInfo(variant, "effnet", True, False, f"packaged weights {path}"))
+        except CurateError as exc:
+            out.append(EncoderInfo(variant, "effnet", False, False, str(exc)))
     ok, reason = _clip.probe(DEFAULT_CLIP)
     out.append(EncoderInfo(DEFAULT_CLIP, "clip", ok, True, reason))
     for name in _clip.cached_names():
@@ -112,7 +113,7 @@ def get_encoder(name: str = "auto", device: str | torch.device = "auto") -> Enco
 
     Parameters
     ----------
-    name : ``auto``, ``effnet-lite0`` (or ``effnet-lite0:<size>``), ``clip`` / ``clip:<model>/<tag>`` /
+    name : ``auto``, ``effnet-lite0`` / ``effnet-lite2`` (or ``...:<input size>``), ``clip`` / ``clip:<model>/<tag>`` /
         ``clip:<model>@<checkpoint path>``.
     device : ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` or ``mps``.
 
@@ -124,4 +125,5 @@ def get_encoder(name: str = "auto", device: str | torch.device = "auto") -> Enco
     dev = resolve_device(device)
     if name.startswith(_clip.PREFIX + ":"):
         return _clip.ClipEncoder(name, device=dev)
-    return _effnet.EffnetLite0Encoder(device=dev, image_size=_effnet.parse_name(name))
+    return _effnet.EffnetLite0Encoder(device=dev, image_size=_effnet.parse_name(name),
+                                      variant=_effnet.variant_of(name).name)
