@@ -584,6 +584,10 @@ class Catalog:
     def class_names(self) -> list[str]:
         return [r[0] for r in self.query("SELECT name FROM classes ORDER BY name")]
 
+    def ingest_kinds(self) -> list[str]:
+        """The ingest kinds (``imagefolder``, ``manifest``, ``coco``...) the project's samples came in as, sorted."""
+        return [r[0] for r in self.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
+
     # Decisions in force: neither an undo record nor undone (several per sample possible; the latest one wins).
     LIVE_SQL = """SELECT d.* FROM decisions d
             WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"""

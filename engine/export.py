@@ -393,8 +393,7 @@ def export_queue(cat: Catalog, out_dir: str | os.PathLike, url_prefix: str | Non
 
 def source_formats(cat: Catalog) -> list[str]:
     """The export formats matching how the project's samples were ingested (``--format source``)."""
-    kinds = [r[0] for r in cat.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
-    return list(dict.fromkeys(SOURCE_FORMATS.get(k, "csv") for k in kinds)) or ["csv"]
+    return list(dict.fromkeys(SOURCE_FORMATS.get(k, "csv") for k in cat.ingest_kinds())) or ["csv"]
 
 
 def format_items(cat: Catalog, manifest: pd.DataFrame, fmt: str,
