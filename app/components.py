@@ -1,7 +1,7 @@
 """Reusable pieces of the review app: image grid, decision buttons, bulk actions, pagination, flash messages.
 
 Decisions are written from widget callbacks through :func:`record` -> ``Catalog.add_decisions`` (one
-transaction each) and :func:`undo` -> ``Catalog.undo_decision``: the app's only write path.  A decision is
+transaction each) and :func:`undo` -> ``Catalog.undo_decisions`` (likewise): the app's only write path.  A decision is
 in the catalog before the page reruns, so closing the browser never loses one.
 """
 
@@ -80,13 +80,11 @@ def record(root: str, rows: Iterable[tuple[int, str, str | None, str]], what: st
 def undo(root: str, decision_ids: Iterable[int]) -> None:
     """Undo decisions (each an appended 'undo' record; already undone ones are reported, not repeated)."""
     cat = data.catalog(root)
-    done, errors = [], []
-    for did in decision_ids:
-        try:
-            _write(lambda: cat.undo_decision(int(did), who="ui"))
-            done.append(int(did))
-        except CurateError as exc:
-            errors.append(str(exc))
+    ids = [int(d) for d in decision_ids]
+    try:
+        done, errors = _write(lambda: cat.undo_decisions(ids, who="ui"))
+    except CurateError as exc:
+        done, errors = [], [str(exc)]
     if errors:
         st.session_state["flash"] = ("error", "; ".join(errors), [])
     else:

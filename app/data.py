@@ -186,8 +186,7 @@ def _metadata_clause(sample_col: str, meta: tuple) -> list[tuple[str, list]]:
 def metadata_keys(root: str, runs_rev: tuple) -> list[str]:
     """Sample metadata keys (extra manifest columns, COCO attributes, HF columns), most common first."""
     with connection(root) as con:
-        return [r[0] for r in con.execute(
-            "SELECT key FROM sample_metadata GROUP BY key ORDER BY count(*) DESC, key").fetchall()]
+        return catalog(root).metadata_keys(con=con)["key"].tolist()
 
 
 @st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
@@ -361,14 +360,10 @@ def duplicate_sets_page(root: str, rev: tuple, kinds: tuple[str, ...] = (), cros
 @st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
 def last_run_summary(root: str, runs_rev: tuple, kind: str) -> dict:
     """The summary of the last successful run of ``kind`` (``{}`` when it never ran)."""
-    import json
-
     with connection(root) as con:
-        row = con.execute("SELECT summary FROM runs WHERE kind = ? AND status = 'ok' ORDER BY id DESC LIMIT 1",
-                          [kind]).fetchone()
-    if row is None or row[0] is None:
-        return {}
-    return json.loads(row[0]) if isinstance(row[0], str) else dict(row[0])
+        run = catalog(root).last_run(kind, con=con)
+    summary = (run or {}).get("summary")
+    return dict(summary) if isinstance(summary, dict) else {}
 
 
 @st.cache_data(ttl=LONG_TTL_S, show_spinner=False)

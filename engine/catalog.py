@@ -548,10 +548,11 @@ class Catalog:
             [limit],
         )
 
-    def last_run(self, kind: str, status: str = "ok") -> dict | None:
-        df = self.query_df(
-            "SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY id DESC LIMIT 1", [kind, status]
-        )
+    def last_run(self, kind: str, status: str = "ok", con=None) -> dict | None:
+        """The latest run of ``kind`` with ``status`` (params and summary parsed), None when there is none;
+        ``con``: an open connection to read through (the UI's shared one)."""
+        sql, args = "SELECT * FROM runs WHERE kind = ? AND status = ? ORDER BY id DESC LIMIT 1", [kind, status]
+        df = self.query_df(sql, args) if con is None else con.execute(sql, args).df()
         if df.empty:
             return None
         row = df.iloc[0].to_dict()
@@ -582,6 +583,10 @@ class Catalog:
 
     def class_names(self) -> list[str]:
         return [r[0] for r in self.query("SELECT name FROM classes ORDER BY name")]
+
+    def ingest_kinds(self) -> list[str]:
+        """The ingest kinds (``imagefolder``, ``manifest``, ``coco``...) the project's samples came in as, sorted."""
+        return [r[0] for r in self.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
 
     # Decisions in force: neither an undo record nor undone (several per sample possible; the latest one wins).
     LIVE_SQL = """SELECT d.* FROM decisions d
@@ -681,9 +686,13 @@ class Catalog:
         rows = self.query("SELECT source, format, info FROM imports ORDER BY updated_at, source")
         return [{"source": s, "format": f, "info": json.loads(i) if i else {}} for s, f, i in rows]
 
-    def sample_sources(self) -> pd.DataFrame:
-        """``sample_id, format, source, source_id, record`` (JSON text) of samples that came from a format importer."""
-        return self.query_df("SELECT * FROM sample_sources ORDER BY sample_id")
+    def sample_sources(self, sample_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """``sample_id, format, source, source_id, record`` (JSON text) of samples that came from a format importer
+        (all of them, or only ``sample_ids``)."""
+        if sample_ids is None:
+            return self.query_df("SELECT * FROM sample_sources ORDER BY sample_id")
+        return self.query_df("SELECT * FROM sample_sources WHERE sample_id IN (SELECT unnest(?::BIGINT[])) "
+                             "ORDER BY sample_id", [[int(i) for i in sample_ids]])
 
     def metadata(self, sample_ids: Sequence[int] | None = None) -> pd.DataFrame:
         """Long table ``sample_id, key, value`` (all samples, or only ``sample_ids``)."""
@@ -692,10 +701,12 @@ class Catalog:
         return self.query_df("SELECT sample_id, key, value FROM sample_metadata WHERE sample_id IN "
                              "(SELECT unnest(?::BIGINT[])) ORDER BY sample_id, key", [[int(i) for i in sample_ids]])
 
-    def metadata_keys(self) -> pd.DataFrame:
-        """``key, samples, distinct_values`` of every metadata key, most common first."""
-        return self.query_df("SELECT key, count(*) AS samples, count(DISTINCT value) AS distinct_values "
-                             "FROM sample_metadata GROUP BY key ORDER BY samples DESC, key")
+    def metadata_keys(self, con=None) -> pd.DataFrame:
+        """``key, samples, distinct_values`` of every metadata key, most common first (``con`` as in
+        :meth:`last_run`)."""
+        sql = ("SELECT key, count(*) AS samples, count(DISTINCT value) AS distinct_values "
+               "FROM sample_metadata GROUP BY key ORDER BY samples DESC, key")
+        return self.query_df(sql) if con is None else con.execute(sql).df()
 
     def metadata_values(self, key: str, sample_ids: Sequence[int]) -> list[str | None]:
         """The value of metadata ``key`` for each of ``sample_ids`` (None where a sample has none), in order."""
@@ -715,16 +726,10 @@ class Catalog:
         return self.query_df("SELECT * FROM boxes WHERE sample_id IN (SELECT unnest(?::BIGINT[])) "
                              "ORDER BY sample_id, box_index", [[int(i) for i in sample_ids]])
 
-    LIVE_LATEST_SQL = """
-        SELECT * FROM decisions d
-        WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
-        QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
-    """
-
     def label_issue_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
         """Flagged label issues, most likely wrong first: ``sample_id, path, current_label, suggested_label,
         suggested_confidence, label_quality`` (without the samples that already have a live decision)."""
-        reviewed = "" if include_reviewed else f" AND li.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        reviewed = "" if include_reviewed else f" AND li.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))"
         return self.query_df(f"""
             WITH cur AS ({self.CURRENT_LABELS_SQL})
             SELECT li.sample_id, s.path, cur.label AS current_label, li.suggested_label, li.suggested_confidence,
@@ -736,7 +741,7 @@ class Catalog:
     def duplicate_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
         """Non-keeper members of duplicate sets: ``set_id, sample_id, path, kind, similarity, current_label,
         keeper_id, keeper_path`` (without the samples that already have a live decision)."""
-        reviewed = "" if include_reviewed else f" AND d.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_LATEST_SQL}))"
+        reviewed = "" if include_reviewed else f" AND d.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))"
         return self.query_df(f"""
             WITH cur AS ({self.CURRENT_LABELS_SQL}),
             keepers AS (SELECT set_id, min(sample_id) AS keeper_id FROM duplicates WHERE is_keeper GROUP BY set_id)
@@ -846,11 +851,11 @@ class Catalog:
         """
         rows = list(rows)
         who = who or os.environ.get("USER") or "curate"
-        ids: list[int] = []
         with self.transaction() as con:
             known = {r[0] for r in con.execute(
                 "SELECT id FROM samples WHERE id IN (SELECT unnest(?))", [[int(r[0]) for r in rows]]).fetchall()}
-            for row in rows:
+            records = []
+            for row in rows:  # validate everything first: a bad row stops the batch before anything is written
                 sample_id, action, new_label, reason = row[:4]
                 row_who = str(row[4]) if len(row) > 4 and row[4] not in (None, "") else who
                 if action not in DECISION_ACTIONS:
@@ -861,34 +866,78 @@ class Catalog:
                     if not new_label or not str(new_label).strip():
                         raise CurateError(f"relabel of sample {sample_id} needs a new label")
                     new_label = str(new_label).strip()
-                    con.execute("INSERT INTO classes VALUES (?, ?) ON CONFLICT DO NOTHING", [new_label, utcnow()])
                 else:
                     new_label = None
-                did = con.execute("SELECT nextval('seq_decision')").fetchone()[0]
-                con.execute(
-                    "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [did, int(sample_id), action, new_label, reason or "", row_who, utcnow()],
-                )
-                ids.append(int(did))
+                records.append((int(sample_id), action, new_label, reason or "", row_who, utcnow()))
+            if not records:
+                return []
+            # set-based: a SemDeDup keep fraction or a Label Studio import records 10^5 decisions at once
+            new_classes = list(dict.fromkeys(r[2] for r in records if r[2] is not None))
+            if new_classes:
+                con.executemany("INSERT INTO classes VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                [[c, utcnow()] for c in new_classes])
+            # ids ascending in row order, so the last row for a sample is its latest decision
+            ids = sorted(int(r[0]) for r in con.execute(
+                "SELECT nextval('seq_decision') FROM range(?)", [len(records)]).fetchall())
+            frame = pd.DataFrame(records, columns=["sample_id", "action", "new_label", "reason", "who", "created_at"])
+            frame.insert(0, "id", np.asarray(ids, dtype=np.int64))
+            frame["new_label"] = frame["new_label"].astype(object)
+            con.register("_new_decisions", frame)
+            con.execute("INSERT INTO decisions SELECT id, sample_id, action, new_label, reason, who, created_at, NULL "
+                        "FROM _new_decisions")
+            con.unregister("_new_decisions")
         return ids
 
     def undo_decision(self, decision_id: int, who: str | None = None) -> int:
         """Append an 'undo' record for ``decision_id`` (decisions are never deleted)."""
+        done, errors = self.undo_decisions([decision_id], who=who)
+        if errors:
+            raise CurateError(errors[0])
+        return done[0][1]
+
+    def undo_decisions(self, decision_ids: Iterable[int], who: str | None = None
+                       ) -> tuple[list[tuple[int, int]], list[str]]:
+        """Append an 'undo' record for each of ``decision_ids`` in one transaction (set-based: the UI undoes a
+        SemDeDup batch of 10^5 decisions at once).
+
+        Returns ``([(decision id, undo record id), ...], errors)``: an id that does not exist, is itself an undo
+        or was already undone (also earlier in ``decision_ids``) gets one error line and no record.
+        """
+        want = [int(d) for d in decision_ids]
         who = who or os.environ.get("USER") or "curate"
         with self.transaction() as con:
-            row = con.execute("SELECT sample_id, action, undoes FROM decisions WHERE id = ?", [int(decision_id)]).fetchone()
-            if row is None:
-                raise CurateError(f"decision {decision_id} does not exist")
-            if row[2] is not None:
-                raise CurateError(f"decision {decision_id} is itself an undo; undo is not undoable, decide again instead")
-            if con.execute("SELECT count(*) FROM decisions WHERE undoes = ?", [int(decision_id)]).fetchone()[0]:
-                raise CurateError(f"decision {decision_id} was already undone")
-            did = con.execute("SELECT nextval('seq_decision')").fetchone()[0]
-            con.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
-                [did, row[0], row[1], f"undo of decision {decision_id}", who, utcnow(), int(decision_id)],
-            )
-        return int(did)
+            found = {r[0]: r[1:] for r in con.execute(
+                "SELECT d.id, d.sample_id, d.action, d.undoes, "
+                "       EXISTS (SELECT 1 FROM decisions u WHERE u.undoes = d.id) "
+                "FROM decisions d WHERE d.id IN (SELECT unnest(?::BIGINT[]))", [want]).fetchall()}
+            todo, errors, seen = [], [], set()
+            for did in want:
+                row = found.get(did)
+                if row is None:
+                    errors.append(f"decision {did} does not exist")
+                elif row[2] is not None:
+                    errors.append(f"decision {did} is itself an undo; undo is not undoable, decide again instead")
+                elif row[3] or did in seen:
+                    errors.append(f"decision {did} was already undone")
+                else:
+                    seen.add(did)
+                    todo.append((did, row[0], row[1]))
+            if not todo:
+                return [], errors
+            new_ids = sorted(int(r[0]) for r in con.execute(
+                "SELECT nextval('seq_decision') FROM range(?)", [len(todo)]).fetchall())
+            frame = pd.DataFrame({
+                "id": np.asarray(new_ids, dtype=np.int64),
+                "sample_id": np.asarray([t[1] for t in todo], dtype=np.int64),
+                "action": [t[2] for t in todo],
+                "reason": [f"undo of decision {t[0]}" for t in todo],
+                "who": who, "created_at": [utcnow() for _ in todo],
+                "undoes": np.asarray([t[0] for t in todo], dtype=np.int64)})
+            con.register("_undos", frame)
+            con.execute("INSERT INTO decisions SELECT id, sample_id, action, NULL, reason, who, created_at, undoes "
+                        "FROM _undos")
+            con.unregister("_undos")
+        return [(t[0], n) for t, n in zip(todo, new_ids)], errors
 
     def decisions(self, limit: int = 100, offset: int = 0) -> pd.DataFrame:
         return self.query_df(

@@ -393,20 +393,37 @@ def export_queue(cat: Catalog, out_dir: str | os.PathLike, url_prefix: str | Non
 
 def source_formats(cat: Catalog) -> list[str]:
     """The export formats matching how the project's samples were ingested (``--format source``)."""
-    kinds = [r[0] for r in cat.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
-    return list(dict.fromkeys(SOURCE_FORMATS.get(k, "csv") for k in kinds)) or ["csv"]
+    return list(dict.fromkeys(SOURCE_FORMATS.get(k, "csv") for k in cat.ingest_kinds())) or ["csv"]
 
 
-def format_items(cat: Catalog, manifest: pd.DataFrame, fmt: str) -> tuple[list[dict], dict | None]:
+def format_items(cat: Catalog, manifest: pd.DataFrame, fmt: str,
+                 base: tuple[list[dict], list[dict], dict[int, tuple]] | None = None) -> tuple[list[dict], dict | None]:
     """The kept samples of ``manifest`` with what a format writer needs (given label, size, boxes, metadata, the
-    format's own record and label rule), and the ``info`` of the first dataset imported in format ``fmt``."""
+    format's own record and label rule), and the ``info`` of the first dataset imported in format ``fmt``.
+
+    ``base``: :func:`_format_base` of the same manifest, read once when several formats are exported.
+    """
+    items, infos, sources = base if base is not None else _format_base(cat, manifest)
+    info = next((i["info"] for i in infos if i["format"] == fmt), None)
+    out = []
+    for it in items:
+        src = sources.get(it["sample_id"])
+        own = src is not None and src[0] == fmt
+        out.append({**it, "record": json.loads(src[1]) if own and isinstance(src[1], str) else None})
+    return out, info
+
+
+def _format_base(cat: Catalog, manifest: pd.DataFrame) -> tuple[list[dict], list[dict], dict[int, tuple]]:
+    """The catalog reads :func:`format_items` needs, once per export: the items without their format record,
+    the import infos, and ``sample_id -> (format, record JSON)``."""
     ids = manifest["sample_id"].astype("int64").tolist()
     infos = cat.import_infos()
     rule_by_source = {i["source"]: (i["info"] or {}).get("label_rule", "majority") for i in infos}
-    info = next((i["info"] for i in infos if i["format"] == fmt), None)
     given = cat.current_labels().set_index("sample_id")["given_label"]
     sizes = cat.samples("id, width, height").set_index("id")
-    srcs = cat.sample_sources().set_index("sample_id")
+    srcs = cat.sample_sources(ids)
+    sources = {int(r.sample_id): (r.format, r.record, r.source) for r in srcs.itertuples(index=False)}
+    widths, heights = sizes["width"].to_dict(), sizes["height"].to_dict()
     boxes = cat.boxes(ids)
     box_lists: dict[int, list[dict]] = {}
     for r in boxes.itertuples(index=False):
@@ -420,20 +437,19 @@ def format_items(cat: Catalog, manifest: pd.DataFrame, fmt: str) -> tuple[list[d
     items = []
     for path, label, split, sid in manifest[["path", "label", "split", "sample_id"]].itertuples(index=False):
         sid = int(sid)
-        src = srcs.loc[sid] if sid in srcs.index else None
-        own = src is not None and src["format"] == fmt
+        src = sources.get(sid)
         g = given.get(sid)
+        w, h = widths.get(sid), heights.get(sid)
         items.append({
             "sample_id": sid, "path": path, "label": None if pd.isna(label) else label,
             "given_label": None if g is None or pd.isna(g) else g,
             "split": None if split is None or pd.isna(split) else split,
-            "width": None if pd.isna(sizes.at[sid, "width"]) else int(sizes.at[sid, "width"]),
-            "height": None if pd.isna(sizes.at[sid, "height"]) else int(sizes.at[sid, "height"]),
-            "record": json.loads(src["record"]) if own and isinstance(src["record"], str) else None,
+            "width": None if pd.isna(w) else int(w),
+            "height": None if pd.isna(h) else int(h), "record": None,  # set per format by format_items
             "boxes": box_lists.get(sid, []), "metadata": meta_by_id.get(sid, {}),
-            "label_rule": rule_by_source.get(src["source"], "majority") if src is not None else "majority",
+            "label_rule": rule_by_source.get(src[2], "majority") if src is not None else "majority",
         })
-    return items, info
+    return items, infos, {sid: src[:2] for sid, src in sources.items()}
 
 
 def export_dataset(cat: Catalog, out_dir: str | os.PathLike | None = None, formats: Sequence[str] = ("csv",),
@@ -509,10 +525,11 @@ def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manif
         _inside(out, dest)
         os.symlink(src.resolve(), dest) if link == "symlink" else shutil.copy2(src, dest)
 
+    base = _format_base(cat, manifest) if any(f in formats for f in DATASET_FORMATS) else None
     for fmt in (f for f in DATASET_FORMATS if f in formats):
         from engine.formats import coco, hf, yolo
 
-        items, info = format_items(cat, manifest, fmt)
+        items, info = format_items(cat, manifest, fmt, base)
         folder = _inside(out, out / fmt / "x").parent
         if fmt == "hf":
             res.format_counts[fmt] = hf.write(items, folder, info)

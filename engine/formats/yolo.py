@@ -112,13 +112,15 @@ def parse(path: Path, label_rule: str = "majority", split: str | None = None) ->
                 seen.add(img)
                 lf = label_file(img)
                 rel = str(img.relative_to(root)) if img.is_relative_to(root) else str(img)
-                try:
-                    with Image.open(img) as im:
-                        width, height = im.size
-                except Exception:
-                    width = height = None  # ingest quarantines it with the reason
+                width = height = None
+                if lf.is_file():  # the size only denormalises boxes; ingest decodes every image anyway
+                    try:
+                        with Image.open(img) as im:
+                            width, height = im.size
+                    except Exception:
+                        pass  # ingest quarantines it with the reason
                 boxes, bad = [], None
-                if lf.is_file() and width:
+                if width:
                     for n, line in enumerate(lf.read_text(encoding="utf-8").splitlines(), start=1):
                         vals = line.split()
                         if not vals:
