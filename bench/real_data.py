@@ -21,6 +21,7 @@ Needs ``../shared/data/cifar10n`` (human labels; images fetched by its ``get_cif
 Writes ``bench/results/real_data.json`` (merged per N) and prints tables.
 
     python bench/real_data.py --sizes 10000,50000
+    python bench/real_data.py --sizes 10000 --encoders effnet-lite0:64,effnet-lite2:128
 """
 
 from __future__ import annotations
@@ -198,14 +199,14 @@ def cluster_scores(y, p) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ one size
-def bench_size(n: int, per_transform: int, work: Path, datalab_max: int) -> dict:
+def bench_size(n: int, per_transform: int, work: Path, datalab_max: int, encoder: str = ENCODER) -> dict:
     from engine.analyses import clusters, duplicates
     from engine.analyses.label_issues import find_label_issues
     from engine.analyses.probe import LinearProbe
     from engine.catalog import open_project
     from indexes.graph import load_or_build_graph
 
-    res: dict = {"n": n, "encoder": ENCODER, "planted_copies": per_transform * len(TRANSFORMS), "steps": {}}
+    res: dict = {"n": n, "encoder": encoder, "planted_copies": per_transform * len(TRANSFORMS), "steps": {}}
     X = cifar_images(work / "cifar")
     data = work / f"data-{n}"
     t = time.perf_counter()
@@ -213,10 +214,10 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int) -> dict
     res["steps"]["write files"] = round(time.perf_counter() - t, 1)
     proj = work / f"project-{n}"
     res["steps"]["curate ingest"] = round(curate("ingest", str(data / "manifest.csv"), "-p", str(proj), "-q"), 1)
-    res["steps"]["curate embed"] = round(curate("embed", "--encoder", ENCODER, "-p", str(proj), "-q"), 1)
-    res["steps"]["curate index"] = round(curate("index", "-p", str(proj), "-q"), 1)
+    res["steps"]["curate embed"] = round(curate("embed", "--encoder", encoder, "-p", str(proj), "-q"), 1)
+    res["steps"]["curate index"] = round(curate("index", "--encoder", encoder, "-p", str(proj), "-q"), 1)
     cat = open_project(proj)
-    es, graph = load_or_build_graph(cat, encoder=ENCODER, k=10)
+    es, graph = load_or_build_graph(cat, encoder=encoder, k=10)
     ids = np.asarray(es.sample_ids, np.int64)
     paths = dict(cat.query("SELECT id, path FROM samples"))
     by_path = {v: k for k, v in paths.items()}
@@ -276,7 +277,7 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int) -> dict
     for mode, kw in (("ours (embedding + pHash + pixel check)", {}),
                      ("before: embedding >= 0.97 + pHash", {"pixel_check": False})):
         t = time.perf_counter()
-        summ = duplicates.run(cat, encoder=ENCODER, semdedup=False, **kw)
+        summ = duplicates.run(cat, encoder=encoder, semdedup=False, **kw)
         secs = time.perf_counter() - t
         found = set()
         sets: dict[int, list[int]] = {}
@@ -305,7 +306,8 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int) -> dict
         }
         if kw == {}:
             res["duplicates"][mode]["other_pairs_sample"] = sorted(others)[:40]
-            contact_sheet(sorted(others)[:40], ROOT / "bench" / "results" / f"real_data_other_pairs_{n}.png")
+            if encoder == ENCODER:
+                contact_sheet(sorted(others)[:40], ROOT / "bench" / "results" / f"real_data_other_pairs_{n}.png")
         print(f"[{n}] duplicates {mode}: recall {res['duplicates'][mode]['recall']} {per_kind}, "
               f"{len(others)} other pairs", flush=True)
 
@@ -314,12 +316,12 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int) -> dict
 
     res["clusters"] = {}
     t = time.perf_counter()
-    run = clusters.run(cat, encoder=ENCODER, name_clusters=False, map_method="pca")
+    run = clusters.run(cat, encoder=encoder, name_clusters=False, map_method="pca")
     lab = dict(cat.query("SELECT sample_id, cluster FROM clusters"))
     p = np.array([lab[int(ids[r])] for r in rows])
     res["clusters"]["ours, k from labels"] = {**cluster_scores(clean, p), "seconds": round(time.perf_counter() - t, 1)}
     t = time.perf_counter()
-    clusters.run(cat, encoder=ENCODER, name_clusters=False, map_method="pca", k_from_labels=False)
+    clusters.run(cat, encoder=encoder, name_clusters=False, map_method="pca", k_from_labels=False)
     lab = dict(cat.query("SELECT sample_id, cluster FROM clusters"))
     p = np.array([lab[int(ids[r])] for r in rows])
     res["clusters"]["ours, silhouette k (no labels)"] = {**cluster_scores(clean, p),
@@ -352,8 +354,8 @@ def contact_sheet(pairs, out: Path) -> None:
 
 
 def print_tables(all_res: dict) -> None:
-    for n, res in sorted(all_res.items(), key=lambda kv: int(kv[0])):
-        print(f"\n== N = {n} ({res['encoder']}), linear probe accuracy {res['linear_probe_accuracy']}, "
+    for n, res in sorted(all_res.items(), key=lambda kv: (int(kv[0].split()[0]), kv[0])):
+        print(f"\n== {n} ({res['encoder']}), linear probe accuracy {res['linear_probe_accuracy']}, "
               f"steps {res['steps']}")
         print("| labels | true noise | method | flagged | P | R | F1 | AUROC | P@noise | sugg. acc | s |")
         print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -378,6 +380,7 @@ def print_tables(all_res: dict) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,50000")
+    ap.add_argument("--encoders", default=ENCODER, help="comma-separated encoder names, each benched on every size")
     ap.add_argument("--per-transform", type=int, default=100, help="planted copies per transformation")
     ap.add_argument("--work", default=str(ROOT / "bench" / ".real_data"), help="data, projects and image cache")
     ap.add_argument("--datalab-max", type=int, default=10000, help="largest N that also runs cleanlab Datalab")
@@ -387,7 +390,9 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     all_res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for n in [int(s) for s in args.sizes.split(",")]:
-        all_res[str(n)] = bench_size(n, args.per_transform, work, args.datalab_max)
+        for enc in args.encoders.split(","):
+            key = str(n) if enc == ENCODER else f"{n} {enc}"
+            all_res[key] = bench_size(n, args.per_transform, work, args.datalab_max, enc)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(all_res, indent=1, default=str))
     print_tables(all_res)

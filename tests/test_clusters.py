@@ -222,3 +222,28 @@ def test_catalog_run_rejects_bad_k(tmp_path, project):
     _, enc = _project_with_embeddings(tmp_path, project, X, [f"c{c}" for c in y])
     with pytest.raises(CurateError, match="out of range"):
         clusters.run(project, encoder=enc, k=50, name_clusters=False)
+
+
+def test_refinement_repairs_assignments_that_break_neighbourhoods():
+    """Self-labelling with the neighbour vote moves points back to the cluster their neighbours are in."""
+    import faiss
+
+    from engine.analyses.clusters import ClusterResult, refine_clusters
+
+    X, y = planted_blobs(k=4, n_per=60, noise=0.2, seed=2)
+    rng = np.random.default_rng(0)
+    wrong = y.copy()
+    bad = rng.random(len(y)) < 0.25
+    wrong[bad] = (y[bad] + rng.integers(1, 4, bad.sum())) % 4  # a poor clustering: a quarter misplaced
+    cents = np.stack([X[wrong == c].mean(0) for c in range(4)]).astype(np.float32)
+    start = ClusterResult(labels=wrong, centroids=cents, k=4, method="kmeans", seed=0,
+                          distances=np.linalg.norm(X - cents[wrong], axis=1).astype(np.float32))
+    index = faiss.IndexFlatIP(X.shape[1])
+    index.add(X.astype(np.float32))
+    S, I = index.search(X.astype(np.float32), 11)
+    out = refine_clusters(X, start, I[:, 1:], S[:, 1:], rounds=1)
+    assert hungarian_accuracy(y, wrong) < 0.8
+    assert hungarian_accuracy(y, out.labels) > 0.95
+    assert out.k == 4 and out.centroids.shape == (4, X.shape[1])
+    assert np.allclose(out.distances, np.linalg.norm(X - out.centroids[out.labels], axis=1), atol=1e-5)
+    assert refine_clusters(X, start, I[:, 1:], S[:, 1:], rounds=0) is start
