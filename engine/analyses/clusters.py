@@ -887,12 +887,13 @@ def run(
                 result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size,
                                             progress=progress)
             if method == "kmeans" and refine_rounds > 0 and result.k >= 2:
-                from indexes.graph import load_or_build_graph
+                from indexes.graph import cached_graph, index_dir
 
-                graph_es, graph = load_or_build_graph(cat, encoder=enc_name)
-                if np.array_equal(np.asarray(graph_es.sample_ids, np.int64), ids):
-                    result = refine_clusters(X, result, np.asarray(graph.indices), np.asarray(graph.similarities),
-                                             rounds=refine_rounds, seed=seed, progress=progress)
+                # the shared graph over the vectors already in memory (cache hit after `curate index`)
+                graph = cached_graph(index_dir(cat.root, enc_name), enc_name, ids, X,
+                                     catalog_version=cat.version_token())
+                result = refine_clusters(X, result, np.asarray(graph.indices), np.asarray(graph.similarities),
+                                         rounds=refine_rounds, seed=seed, progress=progress)
         if k_prior is not None:
             result.k_selection = KSelection(k=k_prior, k_values=[k_prior], scores=[float("nan")],
                                             criterion="labelled classes", sample_size=int((codes >= 0).sum()))

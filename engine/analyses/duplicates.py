@@ -330,28 +330,7 @@ def perceptual_hash(image: Any) -> np.ndarray:
 def file_perceptual_hashes(paths: Sequence[str], workers: int | None = None,
                            progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """pHashes of image files with a thread pool: (uint8 [n, 8], bool [n] readable)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from engine.images import open_rgb
-
-    def one(p: str):
-        try:
-            # JPEG: decode at reduced scale but still >= 256 px, so the 32x32 Lanczos hash input is the same as
-            # from a full decode (a 1/8-scale draft changes the hash of small files by a few bits); upright, so an
-            # EXIF-rotated copy hashes like the upright original it displays as
-            return perceptual_hash(open_rgb(p, draft=256))
-        except Exception:  # unreadable now: no hash evidence for this sample
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
-        from engine.progress import track
-
-        out = list(track(pool.map(one, list(paths)), "perceptual hashes", len(paths), progress))
-    ok = np.array([h is not None for h in out], bool)
-    H = np.zeros((len(out), 8), np.uint8)
-    if ok.any():
-        H[ok] = np.stack([h for h in out if h is not None])
+    H, ok, _, _ = file_features(paths, np.arange(len(paths)), np.empty(0, np.int64), workers, progress)
     return H, ok
 
 
@@ -538,30 +517,46 @@ def verify_pairs(pairs: DuplicatePairs, signatures: np.ndarray, has_signature: n
     return DuplicatePairs(pairs.i[keep], pairs.j[keep], pairs.similarity[keep]), corr
 
 
-def file_signatures(paths: Sequence[str], rows: np.ndarray, workers: int | None = None,
-                    progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel signatures of ``paths[rows]`` (zeros elsewhere): (float32 [n, s, s], bool [n] readable)."""
+def file_features(paths: Sequence[str], hash_rows: np.ndarray, signature_rows: np.ndarray,
+                  workers: int | None = None,
+                  progress: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Perceptual hashes of ``paths[hash_rows]`` and pixel signatures of ``paths[signature_rows]``, each file
+    decoded once: (hashes uint8 [n, 8], hashed bool [n], signatures float32 [n, s, s], signed bool [n])."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     from engine.images import open_rgb
     from engine.progress import track
 
-    def one(p: str):
-        try:
-            return pixel_signature(open_rgb(p, draft=4 * SIGNATURE_SIZE))
-        except Exception:  # unreadable now: no pixel evidence for this sample
-            return None
+    n = len(paths)
+    want_hash = np.zeros(n, bool)
+    want_hash[np.asarray(hash_rows, np.int64)] = True
+    want_sig = np.zeros(n, bool)
+    want_sig[np.asarray(signature_rows, np.int64)] = True
+    rows = np.flatnonzero(want_hash | want_sig)
 
-    rows = np.asarray(rows, np.int64)
-    sig = np.zeros((len(paths), SIGNATURE_SIZE, SIGNATURE_SIZE), np.float32)
-    ok = np.zeros(len(paths), bool)
+    def one(r: int):
+        try:
+            # JPEG: decode at reduced scale but still >= 256 px, so the 32x32 Lanczos hash input is the same as
+            # from a full decode (a 1/8-scale draft changes the hash of small files by a few bits); upright, so an
+            # EXIF-rotated copy hashes like the upright original it displays as
+            img = open_rgb(paths[r], draft=256 if want_hash[r] else 4 * SIGNATURE_SIZE)
+            return (perceptual_hash(img) if want_hash[r] else None), (pixel_signature(img) if want_sig[r] else None)
+        except Exception:  # unreadable now: no evidence from this file
+            return None, None
+
+    H = np.zeros((n, 8), np.uint8)
+    hashed = np.zeros(n, bool)
+    sig = np.zeros((n, SIGNATURE_SIZE, SIGNATURE_SIZE), np.float32)
+    signed = np.zeros(n, bool)
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
-        out = list(track(pool.map(one, [paths[r] for r in rows]), "pixel signatures", len(rows), progress))
-    for r, v in zip(rows, out):
-        if v is not None:
-            sig[r], ok[r] = v, True
-    return sig, ok
+        label = "perceptual hashes" if want_hash.any() else "pixel signatures"
+        for r, (h, g) in zip(rows, track(pool.map(one, rows.tolist()), label, len(rows), progress)):
+            if h is not None:
+                H[r], hashed[r] = h, True
+            if g is not None:
+                sig[r], signed[r] = g, True
+    return H, hashed, sig, signed
 
 
 def _hamming(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -1046,25 +1041,32 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             samples = cat.samples("id, content_hash, path, width, height, split")
         ids = np.asarray(es.sample_ids, np.int64)
         info = samples.set_index("id").reindex(ids)
-        phashes = valid = None
-        if hash_distance is not None:
-            phashes, valid = file_perceptual_hashes(info["path"].fillna("").astype(str).tolist(), workers=workers,
-                                                    progress=progress)
-        verified = None
-        pixel_info: dict[str, Any] = {"pixel_check": bool(pixel_check and graph is not None)}
-        if pixel_check and graph is not None:
-            t_pix = time.perf_counter()
+        paths = info["path"].fillna("").astype(str).tolist()
+        use_pixels = bool(pixel_check and graph is not None)
+        pixel_info: dict[str, Any] = {"pixel_check": use_pixels}
+        cand, reference, sig_rows = None, None, np.empty(0, np.int64)
+        if use_pixels:
             cand = candidate_pairs(graph, threshold, verify_k=verify_k, candidate_threshold=candidate_threshold)
-            rows = np.unique(np.concatenate([cand.i, cand.j]))
-            paths = info["path"].fillna("").astype(str).tolist()
             gidx = np.asarray(graph.indices, dtype=np.int64)
             reference = gidx[:, min(verify_k, gidx.shape[1] - 1)]  # the first neighbour past the checked ones
-            rows = np.unique(np.concatenate([rows, reference[rows][reference[rows] >= 0]]))
-            sig, sig_ok = file_signatures(paths, rows, workers=workers, progress=progress)
+            sig_rows = np.unique(np.concatenate([cand.i, cand.j]))
+            sig_rows = np.unique(np.concatenate([sig_rows, reference[sig_rows][reference[sig_rows] >= 0]]))
+        phashes = valid = None
+        # one decode per file for both the perceptual hashes and the pixel signatures
+        t_read = time.perf_counter()
+        H, hashed, sig, sig_ok = file_features(
+            paths, np.arange(len(paths)) if hash_distance is not None else np.empty(0, np.int64), sig_rows,
+            workers=workers, progress=progress)
+        if hash_distance is not None:
+            phashes, valid = H, hashed
+        verified = None
+        if use_pixels:
+            t_pix = time.perf_counter()
             verified, _ = verify_pairs(cand, sig, sig_ok, pixel_threshold=pixel_threshold, reference=reference,
                                        progress=progress)
             pixel_info.update({"pixel_candidates": len(cand), "pixel_verified": len(verified),
-                               "pixel_seconds": round(time.perf_counter() - t_pix, 3)})
+                               "pixel_seconds": round(time.perf_counter() - t_pix, 3),
+                               "file_read_seconds": round(t_pix - t_read, 3)})
         with step(progress, "duplicate sets"):
             sets = find_near_duplicates(es.vectors, threshold, knn_graph=graph,
                                         content_hashes=info["content_hash"].fillna("").astype(str).tolist(),
