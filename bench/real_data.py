@@ -377,6 +377,49 @@ def print_tables(all_res: dict) -> None:
         print(f"cluster ACC / probe accuracy: {res['clusters']['acc_over_probe']}")
 
 
+def markdown(all_res: dict) -> str:
+    """README tables from the saved results (label issues, duplicates, clusters per size and encoder)."""
+    out = []
+    keys = sorted(all_res, key=lambda k: (int(k.split()[0]), k))
+    out.append("| N | encoder | probe acc. | labels (true noise) | ours F1 (flags) | cleanlab recipe F1 (flags) | "
+               "Datalab F1 (flags) | ours / recipe AUROC | ours / recipe P@noise |")
+    out.append("|---|---|---:|---|---|---|---|---|---|")
+    for k in keys:
+        r = all_res[k]
+        for name, o in r["label_issues"].items():
+            cells = []
+            for m in ("ours", "cleanlab_recipe", "datalab"):
+                if m in o:
+                    f1 = "" if name == "clean_label" else f"{o[m]['f1']:.3f} "
+                    cells.append(f"{f1}({o[m]['flagged']:,})")
+                else:
+                    cells.append("not run")
+            au = "" if name == "clean_label" else (f"{o['ours']['auroc']:.3f} / {o['cleanlab_recipe']['auroc']:.3f}")
+            pn = "" if name == "clean_label" else (f"{o['ours']['precision_at_noise_count']:.3f} / "
+                                                   f"{o['cleanlab_recipe']['precision_at_noise_count']:.3f}")
+            out.append(f"| {r['n']:,} | `{r['encoder']}` | {r['linear_probe_accuracy']:.3f} | `{name}` "
+                       f"({o['true_noise']:.1%}) | " + " | ".join(cells) + f" | {au} | {pn} |")
+    out.append("")
+    out.append("| N | encoder | method | recall | " + " | ".join(TRANSFORMS) + " | other pairs | seconds |")
+    out.append("|---|---|---|---:|" + "---:|" * len(TRANSFORMS) + "---:|---:|")
+    for k in keys:
+        r = all_res[k]
+        for mode, o in r["duplicates"].items():
+            out.append(f"| {r['n']:,} | `{r['encoder']}` | {mode} | {o['recall']:.3f} | "
+                       + " | ".join(f"{o['recall_per_transform'][t]:.2f}" for t in TRANSFORMS)
+                       + f" | {o['other_pairs']} | {o['seconds']} |")
+    out.append("")
+    out.append("| N | encoder | clustering | k | ACC | NMI | ARI | ACC / probe acc. |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|")
+    for k in keys:
+        r = all_res[k]
+        for mode, o in r["clusters"].items():
+            if isinstance(o, dict):
+                out.append(f"| {r['n']:,} | `{r['encoder']}` | {mode} | {o['k']} | {o['acc']:.3f} | {o['nmi']:.3f} | "
+                           f"{o['ari']:.3f} | {o['acc'] / r['linear_probe_accuracy']:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,50000")
@@ -384,7 +427,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-transform", type=int, default=100, help="planted copies per transformation")
     ap.add_argument("--work", default=str(ROOT / "bench" / ".real_data"), help="data, projects and image cache")
     ap.add_argument("--datalab-max", type=int, default=10000, help="largest N that also runs cleanlab Datalab")
+    ap.add_argument("--markdown", action="store_true", help="print the README tables of the saved results and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(RESULTS.read_text())))
+        return {}
     if not (SHARED / "labels.npz").exists():
         raise SystemExit(f"{SHARED} is missing: this benchmark needs the shared CIFAR-10N labels")
     work = Path(args.work)
