@@ -634,7 +634,16 @@ def group_near_duplicates(embeddings: np.ndarray, pairs: DuplicatePairs, thresho
         nbr, nsim = nbr[free], nsim[free]
         if not len(nbr):
             continue
-        cand = nbr[np.lexsort((nbr, -nsim))]
+        if V is not None:
+            # direct evidence first: a pair confirmed only by its pixels never takes a sample's place in a set
+            # before that sample's embedding or hash partners (two recompressed copies of different look-alike
+            # digits correlate well, and would otherwise pull each other out of their originals' sets)
+            direct = nsim >= t
+            if hashes is not None and hv[seed]:
+                direct |= hv[nbr] & (_hamming(hashes[seed:seed + 1], hashes[nbr])[0] <= hash_distance)
+            cand = nbr[np.lexsort((nbr, -nsim, ~direct))]
+        else:
+            cand = nbr[np.lexsort((nbr, -nsim))]
         # candidates-vs-candidates similarities: all at once for small lists, row by row for huge ones
         Xc = X[cand]
         Hc = hashes[cand] if hashes is not None else None
