@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import pandas as pd
 import streamlit as st
 
-from app import data
-from engine import thumbnails
-from engine.catalog import CurateError
+from curate.app import data
+from curate.engine import thumbnails
+from curate.engine.catalog import CurateError
 
 ACTION_ICONS = {"keep": ":material/check_circle:", "relabel": ":material/edit:", "remove": ":material/delete:",
                 "merge": ":material/merge:"}
@@ -138,7 +138,7 @@ def full_image(root: str, path: str | None, size: int = 512) -> str | bytes:
 
                 from PIL import Image
 
-                from engine.images import HIGH_BIT_MODES, exif_orientation, open_rgb
+                from curate.engine.images import HIGH_BIT_MODES, exif_orientation, open_rgb
 
                 with Image.open(p) as im:
                     im.verify()  # must come first: reading the EXIF of a PNG loads it, and verify refuses that

@@ -29,7 +29,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from engine.catalog import DEFAULT_PROJECT, Catalog, open_project
+from curate.engine.catalog import DEFAULT_PROJECT, Catalog, open_project
 
 TTL_S = 60  # safety net only: revision() already invalidates on every decision / run
 LONG_TTL_S = 600  # reads that only change with runs (their key has the runs part of the revision)
@@ -604,9 +604,9 @@ def find_samples(root: str, rev: tuple, text: str, limit: int = PAGE_SIZE, offse
 def _search_api():
     """``indexes.search`` (imported lazily: it loads FAISS, and torch for image/text queries)."""
     try:
-        from indexes import search
+        from curate.indexes import search
     except ImportError as exc:  # a missing optional dependency must not break the page
-        from engine.catalog import CurateError
+        from curate.engine.catalog import CurateError
 
         raise CurateError(f"similarity search is unavailable: {exc}") from exc
     return search

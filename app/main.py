@@ -17,9 +17,9 @@ if str(_REPO) not in sys.path:  # `streamlit run app/main.py` from a checkout th
 
 import streamlit as st  # noqa: E402
 
-from app import components as ui  # noqa: E402
-from app import data  # noqa: E402
-from engine.catalog import CurateError  # noqa: E402
+from curate.app import components as ui  # noqa: E402
+from curate.app import data  # noqa: E402
+from curate.engine.catalog import CurateError  # noqa: E402
 
 st.set_page_config(page_title="Curate", page_icon=":material/cleaning_services:", layout="wide")
 

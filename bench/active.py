@@ -49,8 +49,8 @@ for _p in (ROOT / "bench", ROOT):  # the engine package, and bench/clusters.py f
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from engine.analyses.active import NEEDS_PROBS, PROBE_C, STRATEGIES, StrategyConfig, select  # noqa: E402
-from engine.analyses.probe import LinearProbe  # noqa: E402
+from curate.engine.analyses.active import NEEDS_PROBS, PROBE_C, STRATEGIES, StrategyConfig, select  # noqa: E402
+from curate.engine.analyses.probe import LinearProbe  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "active.json"
 

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.analyses.clusters import cluster_embeddings, embed_2d  # noqa: E402
+from curate.engine.analyses.clusters import cluster_embeddings, embed_2d  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "clusters.json"
 SHARED = Path("/work/shared/data/clusters")
@@ -86,10 +86,10 @@ def demo_embeddings(workdir: Path, encoder: str = "effnet-lite0") -> tuple[np.nd
 
     Returns (L2-normalised features, true labels, info).
     """
-    from engine.catalog import init_project
-    from engine.demo import DemoTruth, build_demo_dataset
-    from engine.embed import embed_project, load_embeddings
-    from engine.ingest import ingest
+    from curate.engine.catalog import init_project
+    from curate.engine.demo import DemoTruth, build_demo_dataset
+    from curate.engine.embed import embed_project, load_embeddings
+    from curate.engine.ingest import ingest
 
     t0 = time.perf_counter()
     data, proj = workdir / "demo-data", workdir / "demo-project"

@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.analyses.duplicates import (  # noqa: E402
+from curate.engine.analyses.duplicates import (  # noqa: E402
     DEFAULT_HASH_DISTANCE,
     DEFAULT_THRESHOLD,
     file_perceptual_hashes,
@@ -173,7 +173,7 @@ def digits_dataset(work: Path, seed: int, quick: bool) -> dict:
     """The demo dataset's files and its recorded near/exact duplicate pairs as truth groups."""
     from PIL import Image
 
-    from engine.demo import build_demo_dataset
+    from curate.engine.demo import build_demo_dataset
 
     truth = build_demo_dataset(work / "digits", seed=seed)
     paths = sorted({truth.abspath(p) for p in truth.true_label} - {truth.abspath(p) for p in truth.corrupt})
@@ -269,7 +269,7 @@ def embed_files(files: list[str], batch: int = 32) -> tuple[np.ndarray, float]:
     import torch
     from PIL import Image
 
-    from engine.encoders import get_encoder
+    from curate.engine.encoders import get_encoder
 
     enc = get_encoder("effnet-lite0", device="auto")
     tf = enc.transform

@@ -99,9 +99,9 @@ def model_only(enc, n: int, batch_size: int, forward=None) -> float:
 
 
 def end_to_end(enc, data: Path, workdir: Path, batch_size: int, workers: int) -> dict:
-    from engine.catalog import init_project
-    from engine.embed import EmbedReport, embed_project
-    from engine.ingest import ingest
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import EmbedReport, embed_project
+    from curate.engine.ingest import ingest
 
     cat = init_project(workdir / f"proj-{enc.device.type}-{abs(hash(enc.name)) % 10**8}")
     ingest(cat, data, kind="unlabeled")
@@ -128,7 +128,7 @@ def encoders_to_bench(device, quick: bool, tmp: Path) -> list[tuple[str, object]
     """(label, loaded encoder) for every available encoder on ``device``."""
     import torch
 
-    from engine.encoders import available_encoders, get_encoder
+    from curate.engine.encoders import available_encoders, get_encoder
 
     out = []
     infos = [i for i in available_encoders() if i.available]
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from engine.encoders.effnet import build_model
+    from curate.engine.encoders.effnet import build_model
 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     n = args.n or (48 if args.quick else 256)

@@ -78,7 +78,7 @@ def synthetic_clustered(n: int, d: int = 512, seed: int = 0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- methods (worker side)
 def run_ours(X: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
-    from indexes.knn import knn_graph
+    from curate.indexes.knn import knn_graph
 
     g = knn_graph(X, k, device="cpu")
     return g.indices, {"method_detail": g.method, "recall_measured_at_build": g.recall}
@@ -114,7 +114,7 @@ def worker(method: str, data: str, k: int, out: str) -> None:
     import faiss  # noqa: F401  - every method's imports happen before the clock and the memory baseline
     import sklearn.neighbors  # noqa: F401
 
-    import indexes.knn  # noqa: F401
+    import curate.indexes.knn  # noqa: F401
 
     X = np.load(data)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -133,8 +133,8 @@ def worker(method: str, data: str, k: int, out: str) -> None:
 # ------------------------------------------------------------------------------------------- driver
 def recall_of(indices: np.ndarray, X: np.ndarray, k: int, n_queries: int = 1000, seed: int = 0) -> float:
     """recall@k of a graph on sampled rows against exact brute-force search (ties count as hits)."""
-    from indexes.build import exact_search, gather_similarities, recall_at_k
-    from indexes.knn import drop_self
+    from curate.indexes.build import exact_search, gather_similarities, recall_at_k
+    from curate.indexes.knn import drop_self
 
     rows = np.sort(np.random.default_rng(seed).choice(len(X), size=min(len(X), n_queries), replace=False))
     D, I = exact_search(X[rows], X, k + 1)
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets: list[tuple[str, int, Callable[[], np.ndarray]]] = [
         (f"synthetic-{args.dim}d", n, lambda n=n: synthetic_clustered(n, args.dim, args.seed)) for n in sorted(sizes)]
     if args.project:
-        from engine.catalog import open_project
-        from engine.embed import load_embeddings
+        from curate.engine.catalog import open_project
+        from curate.engine.embed import load_embeddings
 
         es = load_embeddings(open_project(args.project))
         datasets.insert(0, (f"project:{es.encoder}", len(es), lambda es=es: es.vectors))

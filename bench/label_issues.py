@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.analyses.label_issues import DEFAULT_PROBE_WEIGHT, find_label_issues  # noqa: E402
-from engine.analyses.probe import DEFAULT_C  # noqa: E402
+from curate.engine.analyses.label_issues import DEFAULT_PROBE_WEIGHT, find_label_issues  # noqa: E402
+from curate.engine.analyses.probe import DEFAULT_C  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "label_issues.json"
 SHARED_NOISY = Path("/work/shared/data/label_noise")
@@ -92,10 +92,10 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 def demo_embeddings(workdir: Path, encoder: str = "effnet-lite0") -> tuple[np.ndarray, np.ndarray, dict]:
     """Build the demo dataset, ingest its labeled part, embed it; returns (features, CLEAN labels, info)."""
-    from engine.catalog import init_project
-    from engine.demo import DemoTruth, build_demo_dataset
-    from engine.embed import embed_project, load_embeddings
-    from engine.ingest import ingest
+    from curate.engine.catalog import init_project
+    from curate.engine.demo import DemoTruth, build_demo_dataset
+    from curate.engine.embed import embed_project, load_embeddings
+    from curate.engine.ingest import ingest
 
     t0 = time.perf_counter()
     data = workdir / "demo-data"
@@ -124,8 +124,8 @@ def demo_embeddings(workdir: Path, encoder: str = "effnet-lite0") -> tuple[np.nd
 def project_embeddings(project: Path, truth_csv: Path | None) -> tuple[np.ndarray, np.ndarray, dict]:
     import pandas as pd
 
-    from engine.catalog import CurateError, open_project
-    from engine.embed import load_embeddings
+    from curate.engine.catalog import CurateError, open_project
+    from curate.engine.embed import load_embeddings
 
     cat = open_project(project)
     es = load_embeddings(cat)
@@ -231,7 +231,7 @@ METHODS = {
 
 
 def bench_dataset(name, X, y_clean, settings, seed, sweep=False, graph_k=10) -> list[dict]:
-    from indexes.knn import knn_graph
+    from curate.indexes.knn import knn_graph
 
     t = time.perf_counter()
     graph = knn_graph(X, k=graph_k, device="cpu")
@@ -269,7 +269,7 @@ def bench_dataset(name, X, y_clean, settings, seed, sweep=False, graph_k=10) -> 
 
 
 def real_noisy(name, X, y_clean, y_noisy, seed) -> list[dict]:
-    from indexes.knn import knn_graph
+    from curate.indexes.knn import knn_graph
 
     t = time.perf_counter()
     graph = knn_graph(X, k=10, device="cpu")

@@ -128,7 +128,7 @@ def curate(*args: str) -> float:
     """Run a real `curate` command; returns its wall time."""
     t = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "curate.engine.cli", *args], env=env, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"curate {' '.join(args)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
     return time.perf_counter() - t
@@ -200,11 +200,11 @@ def cluster_scores(y, p) -> dict:
 
 # ------------------------------------------------------------------------------------------------ one size
 def bench_size(n: int, per_transform: int, work: Path, datalab_max: int, encoder: str = ENCODER) -> dict:
-    from engine.analyses import clusters, duplicates
-    from engine.analyses.label_issues import find_label_issues
-    from engine.analyses.probe import LinearProbe
-    from engine.catalog import open_project
-    from indexes.graph import load_or_build_graph
+    from curate.engine.analyses import clusters, duplicates
+    from curate.engine.analyses.label_issues import find_label_issues
+    from curate.engine.analyses.probe import LinearProbe
+    from curate.engine.catalog import open_project
+    from curate.indexes.graph import load_or_build_graph
 
     res: dict = {"n": n, "encoder": encoder, "planted_copies": per_transform * len(TRANSFORMS), "steps": {}}
     X = cifar_images(work / "cifar")
@@ -228,7 +228,7 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int, encoder
     clean = L["clean_label"][:n].astype(np.int64)
 
     # linear probe accuracy on clean labels (the ceiling of every label-based analysis)
-    from engine.analyses.label_issues import reduce_for_probe
+    from curate.engine.analyses.label_issues import reduce_for_probe
     from sklearn.model_selection import StratifiedKFold
 
     t = time.perf_counter()

@@ -132,13 +132,13 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
     """Run one stage; returns its measurements (time excludes imports and Ray start-up)."""
     import faiss  # noqa: F401
 
-    from engine.analyses import scale as an
-    from engine.catalog import open_project
-    from engine.distributed import synthetic as syn
-    from engine.distributed.embed import embed_synthetic
-    from engine.embed import EmbedReport
-    from engine.shards import ShardedEmbeddings
-    from indexes import sharded
+    from curate.engine.analyses import scale as an
+    from curate.engine.catalog import open_project
+    from curate.engine.distributed import synthetic as syn
+    from curate.engine.distributed.embed import embed_synthetic
+    from curate.engine.embed import EmbedReport
+    from curate.engine.shards import ShardedEmbeddings
+    from curate.indexes import sharded
 
     cfg = syn.SyntheticConfig()
     cat = open_project(project)
@@ -240,8 +240,8 @@ def run_stage(name: str, mode: str, project: Path, n: int, k: int, workers: int,
 
 
 def setup_project(path: Path, n: int) -> float:
-    from engine.catalog import init_project
-    from engine.distributed.embed import add_synthetic_samples
+    from curate.engine.catalog import init_project
+    from curate.engine.distributed.embed import add_synthetic_samples
 
     t0 = time.perf_counter()
     add_synthetic_samples(init_project(path), n)
@@ -250,7 +250,7 @@ def setup_project(path: Path, n: int) -> float:
 
 def compare_runs(project: Path) -> dict:
     """Local vs Ray outputs of the same stage: shard checksums, kNN graphs, dedup pairs."""
-    from engine.catalog import open_project
+    from curate.engine.catalog import open_project
 
     cat = open_project(project)
     out = {}
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     note = plot(rows, png)
     result = {"benchmark": "scale", "config": {k: v for k, v in vars(args).items()
                                                if k not in ("worker", "mode", "project", "n")},
-              "data": {"generator": "engine.distributed.synthetic", "dim": 64, "n_classes": 100, "rank": 8,
+              "data": {"generator": "curate.engine.distributed.synthetic", "dim": 64, "n_classes": 100, "rank": 8,
                        "dup_rate": 0.01, "label_noise": 0.05, "dup_threshold": DUP_THRESHOLD},
               "machine": machine(), "catalog_setup_seconds": setup, "results": rows, "time_exponents": exponents,
               "ray_over_local_time": ratios, "local_vs_ray_outputs": checks,

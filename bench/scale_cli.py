@@ -49,9 +49,9 @@ def setup(project: Path, n: int) -> dict:
     """Samples, labels (bulk-inserted in DuckDB) and synthetic vectors; returns timings."""
     import pandas as pd
 
-    from engine.catalog import init_project, utcnow
-    from engine.distributed.embed import add_synthetic_samples, embed_synthetic
-    from engine.distributed.synthetic import SyntheticConfig, given_labels
+    from curate.engine.catalog import init_project, utcnow
+    from curate.engine.distributed.embed import add_synthetic_samples, embed_synthetic
+    from curate.engine.distributed.synthetic import SyntheticConfig, given_labels
 
     cfg = SyntheticConfig()
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def _complete(project: Path, n: int) -> bool:
     """Whether ``project`` holds a finished setup: n samples, all embedded."""
     if not (project / "catalog.duckdb").exists():
         return False
-    from engine.catalog import open_project
+    from curate.engine.catalog import open_project
 
     cat = open_project(project)
     return cat.scalar("SELECT count(*) FROM samples") == n and cat.scalar("SELECT count(*) FROM embedded") == n
@@ -111,7 +111,7 @@ def _hwm():
             sys.stderr.write('CURATE_BENCH_VMHWM_KB ' + line.split()[1] + '\\n')
 atexit.register(_hwm)
 sys.argv = ['curate'] + sys.argv[1:]
-from engine.cli import main
+from curate.engine.cli import main
 main()
 """
 
@@ -147,8 +147,8 @@ def run_cli(args: list[str], timeout: float) -> dict:
 
 
 def quality(project: Path, step: str) -> dict:
-    from engine.catalog import open_project
-    from engine.distributed.synthetic import SyntheticConfig, given_labels, is_duplicate, true_classes
+    from curate.engine.catalog import open_project
+    from curate.engine.distributed.synthetic import SyntheticConfig, given_labels, is_duplicate, true_classes
 
     cfg = SyntheticConfig()
     cat = open_project(project)

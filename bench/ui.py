@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import duckdb  # noqa: E402
 
-from engine.catalog import Catalog, init_project, open_project  # noqa: E402
+from curate.engine.catalog import Catalog, init_project, open_project  # noqa: E402
 
 N_CLASSES = 100
 N_CLUSTERS = 50
@@ -149,12 +149,12 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
 
 def page_queries(root: str) -> dict[str, callable]:
     """The reads each page makes on its first render, as functions of nothing (caches cleared before each call)."""
-    from app import data
+    from curate.app import data
 
     rev = data.revision(root)
     cl = data.cluster_table(root, rev)
 
-    from app import components
+    from curate.app import components
 
     cached = [f for f in vars(data).values() if callable(f) and hasattr(f, "clear")] + [components.map_figure]
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, utcnow
+from curate.engine.catalog import Catalog, CurateError, utcnow
 
 log = logging.getLogger("curate.byo")
 
@@ -296,8 +296,8 @@ def import_embeddings(cat: Catalog, file: str | os.PathLike, encoder: str | None
     ImportReport (``target`` is the encoder name to pass to ``load_embeddings``).  Vectors of samples already
     in the set are replaced; the rows are L2-normalised.
     """
-    from engine.embed import SHARD_SIZE, encoder_lock, remove_orphan_shards, write_shard
-    from engine.encoders import is_builtin_name
+    from curate.engine.embed import SHARD_SIZE, encoder_lock, remove_orphan_shards, write_shard
+    from curate.engine.encoders import is_builtin_name
 
     path = Path(file).expanduser().resolve()
     if not path.is_file():

@@ -94,7 +94,7 @@ def utcnow() -> datetime:
 
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout."""
-    from engine import __version__
+    from curate.engine import __version__
 
     try:
         sha = subprocess.run(
@@ -791,14 +791,12 @@ class Catalog:
         ``duplicates`` and ``semdedup``).
         """
         frames = {table: df, **(also or {})}
-        for name in frames:
-            if name not in ANALYSIS_TABLES + ("queries", "image_stats"):
-                raise ValueError(f"not an analysis table: {name}")
         with self.transaction() as con:
             for name, frame in frames.items():
                 frame = frame.copy()
                 if "run_id" not in frame.columns and name != "image_stats":
                     frame.insert(0, "run_id", run_id)
+                self._analysis_table(con, name, frame)
                 limited = where if name == table else None
                 con.execute(f"DELETE FROM {name}" + (f" WHERE {limited}" if limited else ""),
                             list(where_params or []) if limited else [])
@@ -808,6 +806,31 @@ class Catalog:
                     con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _incoming")
                     con.unregister("_incoming")
             self.finish_run(run_id, summary, con=con)
+
+    def _analysis_table(self, con, name: str, frame: pd.DataFrame) -> None:
+        """Check that ``name`` may be replaced by an analysis; create it from ``frame``'s columns when it is new.
+
+        The built-in analysis tables come from migrations.  A table of an analysis added through the registry
+        (:mod:`curate.engine.analyses.registry`) is created on its first write and remembered in ``meta``
+        (``analysis_tables``); no other existing table (samples, labels, decisions, ...) can be replaced this way.
+        """
+        if name in ANALYSIS_TABLES + ("queries", "image_stats"):
+            return
+        import re
+
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"not a valid analysis table name: {name!r} (lower-case letters, digits and _)")
+        row = con.execute("SELECT value FROM meta WHERE key = 'analysis_tables'").fetchone()
+        created = json.loads(row[0]) if row else []
+        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                             [name]).fetchone()[0]
+        if exists and name not in created:
+            raise ValueError(f"not an analysis table: {name}")
+        if not exists:
+            con.register("_shape", frame.head(0))
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _shape")
+            con.unregister("_shape")
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('analysis_tables', ?)", [json.dumps(created + [name])])
 
     def register_parquet_view(self, view: str, files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
         """(Re)create ``view`` over Parquet files that DuckDB reads in place (``read_parquet``).

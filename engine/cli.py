@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine.catalog import DEFAULT_PROJECT, CurateError, init_project, open_project
-from engine.progress import enabled as progress_enabled
-from engine.progress import shown
+from curate.engine.catalog import DEFAULT_PROJECT, CurateError, init_project, open_project
+from curate.engine.progress import enabled as progress_enabled
+from curate.engine.progress import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
 audit_app = typer.Typer(no_args_is_help=False, help="Run analyses and print their summaries.\n\n"
@@ -107,7 +107,7 @@ def ingest(
 
     Example: curate ingest path/to/imagefolder -p my-project
     """
-    from engine.ingest import ingest as do_ingest
+    from curate.engine.ingest import ingest as do_ingest
 
     cat = open_project(project, create=True)
     report = do_ingest(cat, str(source), kind=kind, split=split, progress=progress_enabled(quiet),
@@ -121,7 +121,7 @@ def status(project: Path = ProjectOpt):
 
     Example: curate status -p my-project
     """
-    from engine.report import print_status
+    from curate.engine.report import print_status
 
     print_status(open_project(project), console)
 
@@ -140,7 +140,7 @@ def demo(
 
     Example: curate demo --size 300 --no-ui
     """
-    from engine.demo import run_demo
+    from curate.engine.demo import run_demo
 
     run_demo(project, data_dir=data, seed=seed, encoder=encoder, console=console, n_digits=size)
     if ui:
@@ -157,7 +157,7 @@ def doctor(
 
     Example: curate doctor -p my-project --repair
     """
-    from engine.doctor import check
+    from curate.engine.doctor import check
 
     rep = check(open_project(project), repair=repair, search_roots=search)
     rep.print(console)
@@ -202,11 +202,11 @@ def embed(
 
     Example: curate embed -p my-project --encoder effnet-lite0
     """
-    from engine.embed import EmbedReport, embed_project
+    from curate.engine.embed import EmbedReport, embed_project
 
     rep = EmbedReport(encoder=encoder)
     if ray is not None:
-        from engine.distributed.embed import embed_project_ray
+        from curate.engine.distributed.embed import embed_project_ray
 
         embed_project_ray(open_project(project), encoder=encoder, address=None if ray == "default" else ray,
                           workers=workers,
@@ -227,7 +227,7 @@ def encoders():
 
     Example: curate encoders
     """
-    from engine.encoders import available_encoders, explain_auto
+    from curate.engine.encoders import available_encoders, explain_auto
 
     for info in available_encoders():
         mark = "[green]available[/]" if info.available else "[red]unavailable[/]"
@@ -247,7 +247,7 @@ def import_embeddings_cmd(
 
     Example: curate import-embeddings vectors.npz -p my-project
     """
-    from engine.byo import import_embeddings
+    from curate.engine.byo import import_embeddings
 
     rep = import_embeddings(open_project(project), file, encoder=encoder, ids_file=ids)
     console.print(f"imported {rep.rows} vectors as encoder {rep.target}", highlight=False)
@@ -262,7 +262,7 @@ def import_predictions_cmd(
 
     Example: curate import-predictions probs.csv -p my-project
     """
-    from engine.byo import import_predictions
+    from curate.engine.byo import import_predictions
 
     rep = import_predictions(open_project(project), file)
     for w in rep.warnings:
@@ -285,9 +285,9 @@ def index(
 
     Example: curate index -p my-project -k 10
     """
-    from engine.shards import use_out_of_core
-    from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
-    from indexes.search import load_or_build_index
+    from curate.engine.shards import use_out_of_core
+    from curate.indexes.graph import load_or_build_graph, load_or_build_sharded_graph
+    from curate.indexes.search import load_or_build_index
 
     cat = open_project(project)
     big = use_out_of_core(cat, encoder, out_of_core)
@@ -318,7 +318,7 @@ def search(
 
     Example: curate search -p my-project --sample 42 -k 10
     """
-    from indexes.search import search_image, search_sample, search_text
+    from curate.indexes.search import search_image, search_sample, search_text
 
     if sum(q is not None for q in (image, sample, text)) != 1:
         raise CurateError("pass exactly one of --image PATH, --sample ID or --text \"...\"")
@@ -348,8 +348,8 @@ def audit_all(
 
     Example: curate audit all -p my-project
     """
-    from engine.pipeline import run_audit
-    from engine.report import print_status
+    from curate.engine.pipeline import run_audit
+    from curate.engine.report import print_status
 
     cat = open_project(project)
     timings = run_audit(cat, encoder=encoder, k=k, console=console, strict=strict, cluster_k=cluster_k,
@@ -374,7 +374,7 @@ def audit_labels(
 
     Example: curate audit labels -p my-project --top 20
     """
-    from engine.analyses import label_issues
+    from curate.engine.analyses import label_issues
 
     cat = open_project(project)
     with shown("label issues", progress_enabled(quiet)) as progress:
@@ -417,7 +417,7 @@ def audit_duplicates(
 
     Example: curate audit duplicates -p my-project --threshold 0.95
     """
-    from engine.analyses import duplicates
+    from curate.engine.analyses import duplicates
 
     cat = open_project(project)
     with shown("duplicates", progress_enabled(quiet)) as progress:
@@ -459,7 +459,7 @@ def audit_outliers(
 
     Example: curate audit outliers -p my-project
     """
-    from engine.analyses import outliers
+    from curate.engine.analyses import outliers
 
     cat = open_project(project)
     with shown("outliers", progress_enabled(quiet)) as progress:
@@ -479,7 +479,7 @@ def audit_quality(
 
     Example: curate audit quality -p my-project
     """
-    from engine.analyses import image_quality
+    from curate.engine.analyses import image_quality
 
     cat = open_project(project)
     with shown("image quality", progress_enabled(quiet)) as progress:
@@ -510,7 +510,7 @@ def cluster(
 
     Example: curate cluster -p my-project --k 20
     """
-    from engine.analyses import clusters
+    from curate.engine.analyses import clusters
 
     cat = open_project(project)
     with shown("clusters", progress_enabled(quiet)) as progress:
@@ -543,7 +543,7 @@ def query(
 
     Example: curate query -p my-project --strategy typiclust --budget 100
     """
-    from engine.analyses import active
+    from curate.engine.analyses import active
 
     with shown("query", progress_enabled(quiet)) as progress:
         res = active.run(open_project(project), strategy=strategy, budget=budget, encoder=encoder, seed=seed,
@@ -569,7 +569,7 @@ def import_labels_cmd(
 
     Example: curate import-labels labels.csv -p my-project
     """
-    from engine.analyses.active import import_labels
+    from curate.engine.analyses.active import import_labels
 
     rep = import_labels(open_project(project), file, source=source)
     console.print(f"{rep.added} labels added ({rep.already_same} unchanged, {rep.skipped_empty} empty rows skipped)"
@@ -580,7 +580,7 @@ def import_labels_cmd(
 
 
 def _serve_ui(project: Path, port: int = 8501, host: str = "127.0.0.1") -> None:
-    from engine.ui_launcher import serve
+    from curate.engine.ui_launcher import serve
 
     serve(project, port=port, host=host)
 
@@ -663,7 +663,7 @@ def export(
 
     Example: curate export --format coco --format labelstudio --for label-issues -o cleaned -p proj
     """
-    from engine.export import export_dataset
+    from curate.engine.export import export_dataset
 
     res = export_dataset(open_project(project), out_dir=out, formats=format, link="copy" if copy else "symlink",
                          queue=queue, url_prefix=url_prefix, review=review)
@@ -687,7 +687,7 @@ def report(
 
     Example: curate report -p curate-project --out report.html --top 20
     """
-    from engine.html_report import write_report
+    from curate.engine.html_report import write_report
 
     files = write_report(open_project(project), out=out, top=top)
     console.print(f"wrote {files.html}", highlight=False, soft_wrap=True)
@@ -703,7 +703,7 @@ def import_labelstudio_cmd(
 
     Example: curate import-labelstudio project-3-at-2026-12-01.json -p proj
     """
-    from engine.formats.labelstudio import import_review
+    from curate.engine.formats.labelstudio import import_review
 
     rep = import_review(open_project(project), file)
     console.print(f"{rep.tasks} tasks: {rep.relabelled} relabelled, {rep.kept} kept, {rep.removed} removed, "

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.catalog import Catalog, CurateError
 
 SIZE = 64
 DEMO_VERSION = 2
@@ -369,10 +369,10 @@ def run_demo(project: str | Path, data_dir: str | Path | None = None, seed: int 
     """Build the demo data, ingest it, run the full audit and print a scored summary; returns the scores."""
     from rich.console import Console
 
-    from engine.catalog import init_project
-    from engine.ingest import ingest
-    from engine.pipeline import run_audit
-    from engine.report import print_scores
+    from curate.engine.catalog import init_project
+    from curate.engine.ingest import ingest
+    from curate.engine.pipeline import run_audit
+    from curate.engine.report import print_scores
 
     console = console or Console()
     project = Path(project).expanduser().resolve()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from engine.catalog import SCHEMA_VERSION, Catalog, sha256_file
+from curate.engine.catalog import SCHEMA_VERSION, Catalog, sha256_file
 
 
 @dataclass
@@ -104,7 +104,7 @@ def check(cat: Catalog, repair: bool = False, search_roots: Iterable[str | os.Pa
                     "rerun with --repair --search DIR to find moved files by content hash")
 
     # ------------------------------------------------------------------ embedding shards
-    from engine.embed import drop_bad_shards, embeddings_dir, recompute_hint, remove_orphan_shards, shard_problem
+    from curate.engine.embed import drop_bad_shards, embeddings_dir, recompute_hint, remove_orphan_shards, shard_problem
 
     for (encoder,) in cat.query("SELECT encoder FROM embedding_sets ORDER BY encoder"):
         folder = embeddings_dir(cat, encoder)
@@ -159,7 +159,7 @@ def _check_leftovers(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
     import shutil
     import time
 
-    from engine.export import stale_partial_exports
+    from curate.engine.export import stale_partial_exports
 
     leftovers: list[Path] = list(stale_partial_exports(cat.project.exports_dir))
     cutoff = time.time() - 3600  # a temp file older than an hour has no writer left (writes take seconds)
@@ -178,14 +178,14 @@ def _check_leftovers(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
 
 
 def _check_indexes(cat: Catalog, rep: DoctorReport, repair: bool) -> None:
-    from engine.embed import load_embeddings
-    from indexes import store
+    from curate.engine.embed import load_embeddings
+    from curate.indexes import store
 
     root = cat.project.indexes_dir
     if not root.exists():
         return
     encoders = {r[0] for r in cat.query("SELECT encoder FROM embedding_sets")}
-    from engine.embed import encoder_slug
+    from curate.engine.embed import encoder_slug
 
     slugs = {encoder_slug(e) for e in encoders}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, utcnow, verified_sha256
+from curate.engine.catalog import Catalog, CurateError, utcnow, verified_sha256
 
 log = logging.getLogger("curate.embed")
 
@@ -73,6 +73,33 @@ class EmbeddingSet:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    # the :class:`curate.engine.inputs.Embeddings` interface: the in-memory set is its one-block case
+    in_memory = True
+
+    def ids(self) -> np.ndarray:
+        """Sample ids in row order (ascending)."""
+        return self.sample_ids
+
+    def iter_blocks(self, block_rows: int = 65_536):
+        """``(first row, ids, vectors)`` blocks of at most ``block_rows`` rows (views, no copy)."""
+        for a in range(0, len(self), max(int(block_rows), 1)):
+            b = min(len(self), a + int(block_rows))
+            yield a, self.sample_ids[a:b], self.vectors[a:b]
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The vectors at row ``positions``."""
+        return self.vectors[np.asarray(positions, dtype=np.int64)]
+
+    def sample(self, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample of rows without replacement: ``(sorted rows, vectors)``; every row (no copy)
+        when ``size >= len``."""
+        n = len(self)
+        size = int(min(max(size, 0), n))
+        if size >= n:
+            return np.arange(n), self.vectors
+        pos = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        return pos, self.vectors[pos]
 
     def rows(self, sample_ids: Sequence[int]) -> np.ndarray:
         """Row positions of ``sample_ids`` (-1 where a sample has no vector)."""
@@ -370,7 +397,7 @@ def _resolve_stored_encoder(cat: Catalog, encoder: str | None) -> str:
     if encoder in names:
         return encoder
     try:
-        from engine.encoders import canonical_name
+        from curate.engine.encoders import canonical_name
 
         canon = canonical_name(encoder)
     except CurateError:
@@ -383,7 +410,7 @@ def _resolve_stored_encoder(cat: Catalog, encoder: str | None) -> str:
 
 def recompute_hint(name: str) -> str:
     """How to get an encoder's vectors back, for error messages (imports the encoders, i.e. torch: errors only)."""
-    from engine.encoders import is_builtin_name
+    from curate.engine.encoders import is_builtin_name
 
     if not is_builtin_name(name):
         return f"import them again with `curate import-embeddings FILE --encoder {name}`"
@@ -454,7 +481,7 @@ def is_jpeg(data: bytes | memoryview) -> bool:
 def load_rgb(path: str | os.PathLike):
     """Open an image as RGB (EXIF orientation applied, alpha composited on white, 16-bit scaled); raises on bad
     files.  See :func:`engine.images.open_rgb`."""
-    from engine.images import open_rgb
+    from curate.engine.images import open_rgb
 
     return open_rgb(path)
 
@@ -622,7 +649,7 @@ def embed_project(
     -------
     The encoder name the vectors are stored under (pass it to :func:`load_embeddings`).
     """
-    from engine.encoders import Encoder, canonical_name, explain_auto, get_encoder, resolve_device
+    from curate.engine.encoders import Encoder, canonical_name, explain_auto, get_encoder, resolve_device
 
     if isinstance(encoder, Encoder):
         enc, name = encoder, encoder.name
@@ -760,7 +787,7 @@ def _run_pipeline(cat, enc, items, batch_size, workers, shard_size, progress, re
         report.quarantined.append((path, reason))
 
     bar = None
-    from engine.progress import enabled as progress_enabled
+    from curate.engine.progress import enabled as progress_enabled
 
     if progress and progress_enabled():  # the bar only on a terminal (or CURATE_PROGRESS=1)
         from tqdm import tqdm

@@ -49,7 +49,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError, code_version, fault_pause, utcnow
+from curate.engine.catalog import Catalog, CurateError, code_version, fault_pause, utcnow
 
 MANIFEST_FORMATS = ("csv", "parquet")
 DATASET_FORMATS = ("coco", "yolo", "hf")  # engine.formats writers: the cleaned set in a detection / HF format
@@ -527,7 +527,7 @@ def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manif
 
     base = _format_base(cat, manifest) if any(f in formats for f in DATASET_FORMATS) else None
     for fmt in (f for f in DATASET_FORMATS if f in formats):
-        from engine.formats import coco, hf, yolo
+        from curate.engine.formats import coco, hf, yolo
 
         items, info = format_items(cat, manifest, fmt, base)
         folder = _inside(out, out / fmt / "x").parent
@@ -539,7 +539,7 @@ def _write_export(cat: Catalog, out: Path, final: Path, res: ExportResult, manif
         res.files.append(folder)
 
     if "labelstudio" in formats:
-        from engine.formats import labelstudio
+        from curate.engine.formats import labelstudio
 
         res.files += labelstudio.write_review(cat, out, review, url_prefix)
         res.format_counts["labelstudio"] = {"for": review}

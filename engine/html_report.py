@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine import thumbnails
-from engine.catalog import Catalog, CurateError, utcnow
+from curate.engine import thumbnails
+from curate.engine.catalog import Catalog, CurateError, utcnow
 
 DEFAULT_TOP = 12
 MAP_POINTS = 5_000  # points drawn on the report's map (SVG, no WebGL: it must render anywhere)
@@ -181,7 +181,7 @@ def keep_fraction_table(semdedup: dict | None) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- reads
 def collect(cat: Catalog, top: int = DEFAULT_TOP) -> ReportData:
     """Read everything the report shows from the catalog (no analysis is recomputed)."""
-    from engine.analyses import duplicates, image_quality, label_issues, outliers
+    from curate.engine.analyses import duplicates, image_quality, label_issues, outliers
 
     if top < 1:
         raise CurateError(f"--top must be at least 1, got {top}")

@@ -21,8 +21,8 @@ from typing import Iterable
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from engine import images
-from engine.catalog import Catalog, CurateError, utcnow
+from curate.engine import images
+from curate.engine.catalog import Catalog, CurateError, utcnow
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev"}
@@ -154,7 +154,7 @@ def detect_kind(source: Path) -> str:
     """The ingest kind of ``source``: a format that :func:`engine.formats.detect_format` recognises unambiguously
     (COCO JSON, YOLO data.yaml, Hugging Face save_to_disk folder, FiftyOne labels.json), else a manifest,
     an ImageFolder tree or an unlabeled folder."""
-    from engine.formats import detect_format
+    from curate.engine.formats import detect_format
 
     fmt = detect_format(source)
     if fmt is not None:
@@ -347,7 +347,7 @@ def ingest(
     -------
     IngestReport with counts, quarantined files and manifest row problems.
     """
-    from engine import formats
+    from curate.engine import formats
 
     src = Path(source).expanduser()
     info: dict | None = None

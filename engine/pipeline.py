@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Callable
 
-from engine.catalog import Catalog, CurateError
-from engine.progress import shown, step
+from curate.engine.catalog import Catalog, CurateError
+from curate.engine.progress import shown, step
 
 
 def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None,
@@ -24,9 +24,9 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
     """
 
     def embed(cat: Catalog, ctx: dict):
-        from engine.embed import embed_project
+        from curate.engine.embed import embed_project
 
-        from engine.shards import use_out_of_core
+        from curate.engine.shards import use_out_of_core
 
         # on a terminal embed_project draws its own bar (images/s); the step line is for logs (CURATE_PROGRESS=1)
         with step(None if sys.stderr.isatty() else ctx.get("progress"), "embeddings"):
@@ -34,7 +34,7 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
         ctx["ooc"] = use_out_of_core(cat, ctx["encoder"], out_of_core)
 
     def graph(cat: Catalog, ctx: dict):
-        from indexes.graph import load_or_build_graph, load_or_build_sharded_graph
+        from curate.indexes.graph import load_or_build_graph, load_or_build_sharded_graph
 
         if ctx.get("ooc"):
             with step(ctx.get("progress"), "sharded kNN graph"):
@@ -44,32 +44,32 @@ def audit_steps(encoder: str = "auto", k: int = 10, cluster_k: int | None = None
                 load_or_build_graph(cat, encoder=ctx.get("encoder"), k=k, progress=ctx.get("progress"))
 
     def label_issues(cat: Catalog, ctx: dict):
-        from engine.analyses import label_issues as m
+        from curate.engine.analyses import label_issues as m
 
         m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def duplicates(cat: Catalog, ctx: dict):
-        from engine.analyses import duplicates as m
+        from curate.engine.analyses import duplicates as m
 
         m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def outliers(cat: Catalog, ctx: dict):
-        from engine.analyses import outliers as m
+        from curate.engine.analyses import outliers as m
 
         m.run(cat, encoder=ctx.get("encoder"), k=k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def image_quality(cat: Catalog, ctx: dict):
-        from engine.analyses import image_quality as m
+        from curate.engine.analyses import image_quality as m
 
         m.run(cat, progress=ctx.get("progress"))
 
     def clusters(cat: Catalog, ctx: dict):
-        from engine.analyses import clusters as m
+        from curate.engine.analyses import clusters as m
 
         m.run(cat, encoder=ctx.get("encoder"), k=cluster_k, out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
     def query(cat: Catalog, ctx: dict):
-        from engine.analyses import active as m
+        from curate.engine.analyses import active as m
 
         m.run(cat, encoder=ctx.get("encoder"), out_of_core=ctx.get("ooc"), progress=ctx.get("progress"))
 
@@ -96,7 +96,7 @@ def run_audit(cat: Catalog, encoder: str = "auto", k: int = 10, console=None, st
     A failing step is reported in one line and the audit goes on with the steps that do not need it
     (``strict=True`` re-raises instead).  Steps after a failed ``embed`` or ``knn graph`` are skipped.
     """
-    from engine.progress import enabled
+    from curate.engine.progress import enabled
 
     show = enabled() if progress is None else progress
     ctx: dict = {"show_progress": show}

@@ -8,7 +8,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-from engine.catalog import Catalog
+from curate.engine.catalog import Catalog
 
 ANALYSIS_KINDS = ("embed", "label_issues", "duplicates", "outliers", "image_quality", "clusters", "query")
 

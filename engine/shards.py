@@ -18,14 +18,13 @@ sample-id order, so this normally equals the ascending ``sample_ids`` order of `
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from engine.catalog import Catalog, CurateError, verified_sha256
+from curate.engine.catalog import Catalog, CurateError, verified_sha256
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class ShardedEmbeddings:
         ------
         CurateError : no embeddings, or a missing/corrupt shard (the message names the file and the fix).
         """
-        from engine.embed import _resolve_stored_encoder, embeddings_dir, recompute_hint
+        from curate.engine.embed import _resolve_stored_encoder, embeddings_dir, recompute_hint
 
         name = _resolve_stored_encoder(cat, encoder)
         dim = int(cat.scalar("SELECT dim FROM embedding_sets WHERE encoder = ?", [name]))
@@ -197,6 +196,12 @@ class ShardedEmbeddings:
                 b = min(s.n, a + block_rows)
                 yield int(self._offsets[i]) + a, ids[a:b], self.shard_vectors(i, a, b)
 
+    in_memory = False  # the :class:`curate.engine.inputs.Embeddings` interface, read shard by shard
+
+    def ids(self) -> np.ndarray:
+        """All sample ids in global row order (the :class:`~curate.engine.inputs.Embeddings` name)."""
+        return self.sample_ids()
+
     def sample_ids(self) -> np.ndarray:
         """All sample ids in global row order (int64, 8 bytes per vector)."""
         return np.concatenate([self.shard_ids(i) for i in range(len(self.shards))])
@@ -233,16 +238,12 @@ class ShardedEmbeddings:
         return pos, self.take(pos)
 
 
-# ------------------------------------------------------------------------------------------- out-of-core switch
-#: Above this many embedded samples ``curate index`` / ``curate audit`` run out of core (env override).
-OUT_OF_CORE_MIN_N = 2_000_000
-#: ... or when the float32 matrix would take more than this fraction of the machine's memory.
-OUT_OF_CORE_MAX_RAM_FRACTION = 0.25
+# ------------------------------------------------------------------------------------------- counts
 
 
 def embedded_count(cat: Catalog, encoder: str | None = None) -> tuple[str, int, int]:
     """``(encoder, live embedded rows, dim)`` from the catalog alone (no vector is read)."""
-    from engine.embed import _resolve_stored_encoder
+    from curate.engine.embed import _resolve_stored_encoder
 
     name = _resolve_stored_encoder(cat, encoder)
     dim = int(cat.scalar("SELECT dim FROM embedding_sets WHERE encoder = ?", [name]))
@@ -251,34 +252,11 @@ def embedded_count(cat: Catalog, encoder: str | None = None) -> tuple[str, int, 
     return name, n, dim
 
 
-def _total_ram() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
 def use_out_of_core(cat: Catalog, encoder: str | None = None, out_of_core: bool | None = None) -> bool:
-    """Whether an analysis should take the out-of-core path.
+    """Transitional: :meth:`curate.engine.inputs.Inputs.open` makes this decision."""
+    from curate.engine.inputs import Inputs
 
-    ``out_of_core`` True/False (the CLI's ``--out-of-core`` / ``--in-memory``) decides; None ("auto") reads
-    ``CURATE_OUT_OF_CORE`` (``1``/``0``) and otherwise goes out of core when the encoder has more than
-    ``CURATE_OUT_OF_CORE_MIN_N`` (default 2,000,000) live vectors or their float32 matrix would exceed a quarter of
-    the machine's memory.
-    """
-    if out_of_core is not None:
-        return bool(out_of_core)
-    env = os.environ.get("CURATE_OUT_OF_CORE", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
-        return True
-    if env in ("0", "false", "no", "off"):
-        return False
-    _, n, dim = embedded_count(cat, encoder)
-    try:
-        min_n = int(os.environ.get("CURATE_OUT_OF_CORE_MIN_N", OUT_OF_CORE_MIN_N))
-    except ValueError:
-        raise CurateError("CURATE_OUT_OF_CORE_MIN_N must be an integer number of samples, e.g. 2000000") from None
-    return n > min_n or n * dim * 4 > OUT_OF_CORE_MAX_RAM_FRACTION * _total_ram()
+    return Inputs.open(cat, encoder, out_of_core).out_of_core
 
 
 class ShardRows:

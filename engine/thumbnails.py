@@ -41,7 +41,7 @@ def make_thumbnail(source: str | os.PathLike, dest: str | os.PathLike, size: int
     dest : output ``.jpg`` path; its folder is created when missing.
     size : longest side of the thumbnail in pixels (the aspect ratio is kept, never upscaled).
     """
-    from engine.images import open_rgb
+    from curate.engine.images import open_rgb
 
     try:
         # JPEG sources decode at reduced scale (much faster on large photos); EXIF rotation applied, any mode

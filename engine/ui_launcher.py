@@ -31,7 +31,7 @@ def serve(project: str | os.PathLike, port: int = 8501, host: str = "127.0.0.1")
     On POSIX the current process is replaced by Streamlit (``exec``), so stopping ``curate ui`` stops the server;
     elsewhere Streamlit runs as a child process and its exit code is returned.
     """
-    from engine.catalog import open_project
+    from curate.engine.catalog import open_project
 
     cat = open_project(project)  # one-line error if there is no project here
     env = {**os.environ, "CURATE_PROJECT": str(cat.root)}

@@ -10,6 +10,6 @@ store     index/graph files with JSON metadata and SHA-256 checksums
 search    search by vector, sample, image file or text; the index saved in the workspace
 """
 
-from indexes.knn import KnnGraph, knn_graph, range_pairs
+from curate.indexes.knn import KnnGraph, knn_graph, range_pairs
 
 __all__ = ["KnnGraph", "knn_graph", "range_pairs"]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.catalog import CurateError
+from curate.engine.catalog import CurateError
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray, progress: bool
     """Add rows with their ids in blocks (bounded temporary memory in FAISS, visible progress)."""
     X = as_unit_vectors(vectors)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    from engine.progress import track
+    from curate.engine.progress import track
 
     starts = track(range(0, len(X), _ADD_BLOCK), "indexing", progress=progress)
     for s in starts:

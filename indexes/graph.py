@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.catalog import Catalog
-from indexes.build import as_unit_vectors
-from indexes.knn import KnnGraph, extend_graph, knn_graph
-from indexes.store import CorruptIndexError, GraphMeta, content_key, index_dir, load_graph, save_graph
+from curate.engine.catalog import Catalog
+from curate.indexes.build import as_unit_vectors
+from curate.indexes.knn import KnnGraph, extend_graph, knn_graph
+from curate.indexes.store import CorruptIndexError, GraphMeta, content_key, index_dir, load_graph, save_graph
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def load_or_build_graph(cat: Catalog, encoder: str | None = None, k: int = 10, *
     CurateError
         The project has no embeddings (run ``curate embed``).
     """
-    from engine.embed import load_embeddings
+    from curate.engine.embed import load_embeddings
 
     es = load_embeddings(cat, encoder)
     graph = cached_graph(index_dir(cat.root, es.encoder), es.encoder, es.sample_ids, es.vectors, k,
@@ -183,9 +183,9 @@ def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int
     import shutil
     import uuid
 
-    from engine.shards import ShardedEmbeddings
-    from indexes.sharded import sharded_knn_graph
-    from indexes.store import load_mapped_graph, read_graph_meta, seal_mapped_graph
+    from curate.engine.shards import ShardedEmbeddings
+    from curate.indexes.sharded import sharded_knn_graph
+    from curate.indexes.store import load_mapped_graph, read_graph_meta, seal_mapped_graph
 
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     folder = index_dir(cat.root, shards.encoder) / OOC_DIR

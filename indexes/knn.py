@@ -30,8 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.catalog import CurateError
-from indexes.build import (
+from curate.engine.catalog import CurateError
+from curate.indexes.build import (
     DEFAULT_TARGET_RECALL,
     RECALL_QUERIES,
     as_unit_vectors,
@@ -96,7 +96,7 @@ class KnnGraph:
 # --------------------------------------------------------------------------------------------------- helpers
 def _blocks(n: int, block_size: int, progress, desc: str) -> Iterable[tuple[int, int]]:
     """Row blocks ``(start, end)``; ``progress``: True (a bar), an :data:`engine.progress.Progress` callback, or off."""
-    from engine.progress import track
+    from curate.engine.progress import track
 
     return track([(s, min(n, s + block_size)) for s in range(0, n, block_size)], desc, progress=progress)
 
@@ -218,7 +218,7 @@ def knn_graph(X: np.ndarray, k: int = 10, block_size: int = DEFAULT_BLOCK, devic
     used, dev = _resolve_backend(backend, device)
     t0 = time.perf_counter()
     if used == "torch":
-        from indexes.torch_knn import torch_knn_graph
+        from curate.indexes.torch_knn import torch_knn_graph
 
         idx, sims, dtype_name = torch_knn_graph(X, k_eff, block_size=block_size, device=dev, progress=progress)
         graph = KnnGraph(*_finish(idx, sims, k), f"exact:torch-{dev}-{dtype_name}", 1.0)
@@ -393,7 +393,7 @@ def range_pairs(X: np.ndarray, threshold: float, block_size: int = DEFAULT_BLOCK
     if backend == "auto":
         backend = "torch" if device.startswith("cuda") or (device == "auto" and cuda_available()) else "numpy"
     if backend == "torch":
-        from indexes.torch_knn import torch_range_pairs
+        from curate.indexes.torch_knn import torch_range_pairs
 
         if device == "auto":
             device = "cuda" if cuda_available() else "cpu"

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
-from indexes.build import (
+from curate.engine.catalog import Catalog, CurateError
+from curate.indexes.build import (
     DEFAULT_TARGET_RECALL,
     RECALL_K,
     RECALL_QUERIES,
@@ -43,7 +43,7 @@ from indexes.build import (
     set_search_params,
     tune_index,
 )
-from indexes.store import CorruptIndexError, IndexMeta, content_key, index_dir, load_index, save_index
+from curate.indexes.store import CorruptIndexError, IndexMeta, content_key, index_dir, load_index, save_index
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def load_or_build_index(cat: Catalog, encoder: str | None = None, factory: str =
     -------
     ProjectIndex
     """
-    from engine.embed import load_embeddings
-    from engine.shards import use_out_of_core
+    from curate.engine.embed import load_embeddings
+    from curate.engine.shards import use_out_of_core
 
     if use_out_of_core(cat, encoder, out_of_core):
         return load_or_build_sharded_index(cat, encoder, factory, memory_budget_bytes=memory_budget_bytes,
@@ -177,8 +177,8 @@ def load_or_build_sharded_index(cat: Catalog, encoder: str | None = None, factor
     """
     import faiss
 
-    from engine.shards import ShardedEmbeddings, ShardRows
-    from indexes.sharded import build_sharded_index, tune_sharded
+    from curate.engine.shards import ShardedEmbeddings, ShardRows
+    from curate.indexes.sharded import build_sharded_index, tune_sharded
 
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     directory = index_dir(cat.root, shards.encoder) / OOC_INDEX_DIR
@@ -350,7 +350,7 @@ def search_image(cat: Catalog, path: str | os.PathLike, k: int = 10, encoder: st
     pandas.DataFrame
         ``rank, sample_id, score, label, path``.
     """
-    from engine.embed import load_rgb
+    from curate.engine.embed import load_rgb
 
     pix = index if index is not None else load_or_build_index(cat, encoder)
     enc = _encoder(pix.embeddings.encoder, device)
@@ -396,7 +396,7 @@ def search_text(cat: Catalog, text: str, k: int = 10, encoder: str | None = None
 @functools.lru_cache(maxsize=2)
 def _encoder(name: str, device: str) -> Any:
     """The query encoder, loaded once per process (loading weights costs seconds; a UI searches repeatedly)."""
-    from engine.encoders import get_encoder
+    from curate.engine.encoders import get_encoder
 
     return get_encoder(name, device=device)
 

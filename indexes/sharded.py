@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.catalog import CurateError
-from indexes.build import (
+from curate.engine.catalog import CurateError
+from curate.indexes.build import (
     DEFAULT_TARGET_RECALL,
     RECALL_QUERIES,
     choose_factory,
@@ -44,7 +44,7 @@ from indexes.build import (
     tunable_parameter,
     _seed_training,
 )
-from indexes.knn import KnnGraph, _finish, drop_self
+from curate.indexes.knn import KnnGraph, _finish, drop_self
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def train_template(shards: Any, factory: str = "auto", seed: int = 0, train_size
         try:
             index.train(sample)
         except RuntimeError as exc:
-            from indexes.build import faiss_reason
+            from curate.indexes.build import faiss_reason
 
             raise CurateError(f"cannot train {chosen} on {rows} sampled vectors ({faiss_reason(exc)}); "
                               "use factory 'auto' or 'Flat'") from exc

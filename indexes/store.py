@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.catalog import fault_pause, sha256_file, verified_sha256
+from curate.engine.catalog import fault_pause, sha256_file, verified_sha256
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -52,7 +52,7 @@ class CorruptIndexError(Exception):
 # --------------------------------------------------------------------------------------------------- paths
 def index_dir(project_root: str | os.PathLike, encoder: str) -> Path:
     """``<project>/indexes/<encoder-slug>/`` (created if missing), named like the embeddings folder."""
-    from engine.embed import encoder_slug
+    from curate.engine.embed import encoder_slug
 
     path = Path(project_root) / "indexes" / encoder_slug(encoder)
     path.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from indexes.build import gather_similarities
+from curate.indexes.build import gather_similarities
 
 _RESIDENT_FRACTION = 0.5  # keep the database on the GPU when it takes at most this share of free memory
 
@@ -96,7 +96,7 @@ def torch_knn_graph(X: np.ndarray, k: int, block_size: int = 4096, device: str |
     db_block = db_block_size or 4 * block_size
     out_i = np.empty((n, k), np.int64)
     out_s = np.empty((n, k), np.float32)
-    from engine.progress import track
+    from curate.engine.progress import track
 
     starts = track(range(0, n, block_size), f"kNN graph (torch {dev.type})", progress=progress)
     with torch.inference_mode():
@@ -136,7 +136,7 @@ def torch_range_pairs(X: np.ndarray, threshold: float, block_size: int = 4096, d
     -------
     (i int64, j int64, sim float32), unsorted.
     """
-    from indexes.knn import check_pair_count
+    from curate.indexes.knn import check_pair_count
 
     dev = torch.device(device)
     db = _Database(X, dev, torch.float32)

@@ -47,7 +47,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path):
-    from engine.catalog import init_project
+    from curate.engine.catalog import init_project
 
     return init_project(tmp_path / "project")
 
@@ -55,7 +55,7 @@ def project(tmp_path: Path):
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The real demo dataset, built once per test session."""
-    from engine.demo import build_demo_dataset
+    from curate.engine.demo import build_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
     return build_demo_dataset(root, seed=0)

@@ -24,14 +24,14 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def curate(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m engine.cli ARGS`` to completion."""
-    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "curate.engine.cli", *map(str, args)], capture_output=True, text=True,
                           env=env or cli_env(), timeout=timeout, cwd=str(ROOT))
 
 
 def curate_killed_at(hook: str, *args, seconds: float = 60, nth: int = 1, timeout: float = 180) -> str:
     """Run ``curate ARGS`` with the fault hook env ``hook`` set, SIGKILL it when it reports its ``nth`` pause
     (``CURATE_TEST_PAUSED ...`` on stderr) and return the stderr it wrote; fails if it never got there."""
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *map(str, args)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engine.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env(**{hook: str(seconds)}), cwd=str(ROOT))
     watchdog = threading.Timer(timeout, proc.kill)
     watchdog.start()
@@ -70,9 +70,9 @@ def write_dataset(root: Path, per_class: int = 8, size: int = 16) -> list[Path]:
 def byo_project(tmp: Path, name: str = "project", per_class: int = 8, dim: int = 16, noisy: int = 2):
     """An ingested ImageFolder project with clustered imported embeddings (one cluster per class) and ``noisy``
     samples whose vectors sit in another class's cluster (label issues to find)."""
-    from engine.byo import import_embeddings
-    from engine.catalog import init_project
-    from engine.ingest import ingest
+    from curate.engine.byo import import_embeddings
+    from curate.engine.catalog import init_project
+    from curate.engine.ingest import ingest
 
     data = tmp / f"{name}-data"
     if not data.exists():

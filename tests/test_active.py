@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
-from engine.analyses.active import (
+from curate.engine.analyses.active import (
     PROBE_C,
     STRATEGIES,
     StrategyConfig,
@@ -21,8 +21,8 @@ from engine.analyses.active import (
     select,
     uncertainty_scores,
 )
-from engine.analyses.probe import LinearProbe
-from engine.catalog import CurateError
+from curate.engine.analyses.probe import LinearProbe
+from curate.engine.catalog import CurateError
 
 
 def unit(x):
@@ -168,7 +168,7 @@ def test_exclusion_mask_rules():
 
 def test_probcover_tau_gives_requested_purity():
     X, _ = planted(5, noise=0.3)
-    from engine.analyses.clusters import kmeans
+    from curate.engine.analyses.clusters import kmeans
 
     pseudo = kmeans(X, 8, seed=0).labels
     s = nearest_other_similarity(X, pseudo)
@@ -195,8 +195,8 @@ def _exact_graph(X, k):
 @pytest.fixture
 def labeled_pool_project(tmp_path, project):
     """3 classes x 6 labeled images + 30 unlabeled images, with planted-cluster embeddings imported for them."""
-    from engine.byo import import_embeddings
-    from engine.ingest import ingest
+    from curate.engine.byo import import_embeddings
+    from curate.engine.ingest import ingest
 
     X, y = planted(6, k=3, d=16, noise=0.15, big=16, small=16)
     root, pool_dir = tmp_path / "labeled", tmp_path / "pool"
@@ -218,7 +218,7 @@ def labeled_pool_project(tmp_path, project):
 
 
 def test_catalog_loop_query_import_requery(tmp_path, labeled_pool_project):
-    from engine.analyses import active
+    from curate.engine.analyses import active
 
     cat, enc, ids, y = labeled_pool_project
     n_labeled = int(cat.current_labels()["label"].notna().sum())
@@ -260,7 +260,7 @@ def test_catalog_loop_query_import_requery(tmp_path, labeled_pool_project):
 
 
 def test_catalog_exclusions_and_errors(tmp_path, labeled_pool_project):
-    from engine.analyses import active
+    from curate.engine.analyses import active
 
     cat, enc, ids, y = labeled_pool_project
     unlabeled = cat.current_labels().query("label.isna()")["sample_id"].tolist()

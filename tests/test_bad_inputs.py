@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from engine.catalog import CurateError, init_project
-from engine.images import open_rgb
-from engine.ingest import ingest
+from curate.engine.catalog import CurateError, init_project
+from curate.engine.images import open_rgb
+from curate.engine.ingest import ingest
 from tests.fault_helpers import curate
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -138,7 +138,7 @@ def test_bad_input_corpus_through_curate_ingest(tmp_path, corpus):
     assert any(ln.startswith("skipped") and "symlink loop" in ln and str(root / "bad" / "loop") in ln for ln in lines)
     assert "they are retried" in out  # what to do about quarantined files
 
-    from engine.catalog import open_project
+    from curate.engine.catalog import open_project
 
     cat = open_project(tmp_path / "p")
     s = cat.samples().set_index("path")
@@ -167,10 +167,10 @@ def test_odd_modes_decode_upright_and_8bit(corpus):
 
 
 def test_embed_thumbnails_and_large_view_see_exif_images_upright(tmp_path, corpus):
-    from app.components import full_image
-    from engine.embed import embed_project, load_embeddings
-    from engine.encoders import get_encoder
-    from engine.thumbnails import make_thumbnail
+    from curate.app.components import full_image
+    from curate.engine.embed import embed_project, load_embeddings
+    from curate.engine.encoders import get_encoder
+    from curate.engine.thumbnails import make_thumbnail
 
     root, f = corpus
     cat = init_project(tmp_path / "p")
@@ -207,8 +207,8 @@ def test_embed_thumbnails_and_large_view_see_exif_images_upright(tmp_path, corpu
 
 
 def test_image_statistics_and_hashes_use_the_upright_image(corpus):
-    from engine.analyses.duplicates import file_perceptual_hashes
-    from engine.analyses.image_quality import file_statistics
+    from curate.engine.analyses.duplicates import file_perceptual_hashes
+    from curate.engine.analyses.image_quality import file_statistics
 
     _, f = corpus
     assert file_statistics(f["exif6"])["aspect_ratio"] == pytest.approx(0.5)
@@ -234,7 +234,7 @@ def test_manifest_errors_name_the_file_row_and_fix(project, tmp_path):
 
 
 def test_manifest_paths_outside_the_dataset_and_hostile_labels_never_escape_the_export(project, tmp_path):
-    from engine.export import export_dataset
+    from curate.engine.export import export_dataset
 
     data = tmp_path / "dataset"
     data.mkdir()

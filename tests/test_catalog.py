@@ -5,7 +5,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from engine.catalog import (
+from curate.engine.catalog import (
     SCHEMA_VERSION,
     Catalog,
     CurateError,

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def curate(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "curate.engine.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 
@@ -48,7 +48,7 @@ def test_default_project_is_cwd_curate_project(tmp_path, image_folder):
 def entry_point(*args, cwd=None, **env):
     """The installed `curate` script when there is one (importing this tree), else `python -m engine.cli`."""
     script = Path(sys.executable).parent / "curate"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "curate.engine.cli"]
     e = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", **env)
     e.pop("CURATE_PROGRESS", None) if "CURATE_PROGRESS" not in env else None
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=e, timeout=300)
@@ -89,7 +89,7 @@ def test_curate_error_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path)
 
 def test_an_unexpected_error_is_one_line_naming_the_traceback_file(tmp_path):
     """A bug (here a command that raises RuntimeError, added to the real app) does not dump a traceback."""
-    code = ("import sys\nfrom engine import cli\n@cli.app.command('boom')\ndef boom():\n"
+    code = ("import sys\nfrom curate.engine import cli\n@cli.app.command('boom')\ndef boom():\n"
             "    raise RuntimeError('kaput\\nsecond line')\nsys.argv = ['curate', *sys.argv[1:]]\ncli.main()\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path))
     env.pop("CURATE_DEBUG", None)
@@ -122,7 +122,7 @@ def test_audit_all_shows_progress_for_every_step_and_a_timing_table(tmp_path):
     assert entry_point("ingest", tmp_path / "data", "-p", tmp_path / "p").returncode == 0
     r = entry_point("audit", "all", "-p", tmp_path / "p", "--encoder", "effnet-lite0:64", CURATE_PROGRESS="1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from engine.pipeline import audit_steps
+    from curate.engine.pipeline import audit_steps
 
     steps = [name for name, _ in audit_steps()]
     assert len(steps) == 8

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cli():
     import typer.main
 
-    from engine.cli import app
+    from curate.engine.cli import app
 
     return typer.main.get_command(app)
 
@@ -102,7 +102,7 @@ def test_the_parser_rejects_what_the_cli_rejects():
 
 
 def test_every_ui_hint_parses_and_names_the_project(tmp_path):
-    from app import hints
+    from curate.app import hints
 
     root = str(tmp_path / "my project")
     all_hints = hints.all_hints(root)
@@ -122,7 +122,7 @@ def test_views_show_no_hand_written_commands():
 
 
 def test_getting_started_and_help_examples_parse():
-    from engine.cli import GETTING_STARTED
+    from curate.engine.cli import GETTING_STARTED
 
     assert [c.split()[1] for c, _ in GETTING_STARTED] == ["demo", "ingest", "audit", "ui", "export"]
     for c, _ in GETTING_STARTED:

@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from conftest import write_image
-from engine.analyses.clusters import (
+from curate.engine.analyses.clusters import (
     choose_k,
     cluster_embeddings,
     embed_2d,
@@ -165,8 +165,8 @@ def test_invalid_inputs():
 
 # ------------------------------------------------------------------------------------------------ catalog
 def _project_with_embeddings(tmp_path, project, vectors, classes):
-    from engine.byo import import_embeddings
-    from engine.ingest import ingest
+    from curate.engine.byo import import_embeddings
+    from curate.engine.ingest import ingest
 
     root = tmp_path / "imgs"
     for i, c in enumerate(classes):
@@ -182,7 +182,7 @@ def _project_with_embeddings(tmp_path, project, vectors, classes):
 
 
 def test_catalog_run_writes_clusters_and_summaries(tmp_path, project):
-    from engine.analyses import clusters
+    from curate.engine.analyses import clusters
 
     X, y = planted_blobs(k=3, n_per=14, noise=0.08, seed=9)
     ids, enc = _project_with_embeddings(tmp_path, project, X, [f"class{c}" for c in y])
@@ -215,8 +215,8 @@ def test_catalog_run_writes_clusters_and_summaries(tmp_path, project):
 
 
 def test_catalog_run_rejects_bad_k(tmp_path, project):
-    from engine.analyses import clusters
-    from engine.catalog import CurateError
+    from curate.engine.analyses import clusters
+    from curate.engine.catalog import CurateError
 
     X, y = planted_blobs(k=2, n_per=5, seed=1)
     _, enc = _project_with_embeddings(tmp_path, project, X, [f"c{c}" for c in y])
@@ -228,7 +228,7 @@ def test_refinement_repairs_assignments_that_break_neighbourhoods():
     """Self-labelling with the neighbour vote moves points back to the cluster their neighbours are in."""
     import faiss
 
-    from engine.analyses.clusters import ClusterResult, refine_clusters
+    from curate.engine.analyses.clusters import ClusterResult, refine_clusters
 
     X, y = planted_blobs(k=4, n_per=60, noise=0.2, seed=2)
     rng = np.random.default_rng(0)

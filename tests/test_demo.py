@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def demo_run(tmp_path_factory):
     project = tmp_path_factory.mktemp("demo") / "project"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "engine.cli", "demo", "--no-ui", "--size", "300", "--encoder", "effnet-lite0:96",
+    cmd = [sys.executable, "-m", "curate.engine.cli", "demo", "--no-ui", "--size", "300", "--encoder", "effnet-lite0:96",
            "-p", str(project)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -57,9 +57,9 @@ def test_planted_problems_are_found(demo_run):
 
 
 def test_catalog_holds_the_results_and_rerun_is_idempotent(demo_run):
-    from engine.catalog import open_project
-    from engine.demo import build_demo_dataset
-    from engine.ingest import ingest
+    from curate.engine.catalog import open_project
+    from curate.engine.demo import build_demo_dataset
+    from curate.engine.ingest import ingest
 
     project, _, _ = demo_run
     cat = open_project(project)

@@ -2,9 +2,9 @@ import shutil
 
 import numpy as np
 
-from engine.byo import import_embeddings
-from engine.doctor import check
-from engine.ingest import ingest
+from curate.engine.byo import import_embeddings
+from curate.engine.doctor import check
+from curate.engine.ingest import ingest
 
 
 def _healthy_project(project, image_folder, tmp_path):
@@ -13,7 +13,7 @@ def _healthy_project(project, image_folder, tmp_path):
     vecs = np.random.default_rng(0).normal(size=(len(ids), 16)).astype(np.float32)
     np.savez(tmp_path / "emb.npz", vectors=vecs, ids=ids)
     import_embeddings(project, tmp_path / "emb.npz", encoder="byo:test")
-    from indexes.graph import load_or_build_graph
+    from curate.indexes.graph import load_or_build_graph
 
     load_or_build_graph(project, "byo:test", k=3)
     return ids
@@ -53,14 +53,14 @@ def test_doctor_finds_stale_and_orphan_indexes_bad_shards_and_leftovers_and_the_
     import os
     import time
 
-    from engine.embed import embeddings_dir, load_embeddings
-    from indexes import store
-    from indexes.search import load_or_build_index
+    from curate.engine.embed import embeddings_dir, load_embeddings
+    from curate.indexes import store
+    from curate.indexes.search import load_or_build_index
     from tests.fault_helpers import byo_project, curate
 
     cat, _ = byo_project(tmp_path)
     load_or_build_index(cat, "byo:test")
-    from indexes.graph import load_or_build_graph
+    from curate.indexes.graph import load_or_build_graph
 
     load_or_build_graph(cat, "byo:test", k=3)
     ids = cat.samples()["id"].to_numpy()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.analyses.duplicates import (
+from curate.engine.analyses.duplicates import (
     DuplicatePairs,
     choose_keepers,
     duplicates_table,
@@ -221,7 +221,7 @@ def _jpeg(img, quality: int = 40):
 def test_perceptual_hash_pairs_and_guard():
     from PIL import Image
 
-    from engine.analyses.duplicates import _hamming, hash_pairs, perceptual_hash
+    from curate.engine.analyses.duplicates import _hamming, hash_pairs, perceptual_hash
 
     a = _texture(0)
     h = np.stack([perceptual_hash(a), perceptual_hash(_jpeg(a)), perceptual_hash(a.transpose(Image.FLIP_LEFT_RIGHT)),
@@ -247,10 +247,10 @@ def test_perceptual_hash_pairs_and_guard():
 # --------------------------------------------------------------------------------------- catalog round trip
 def test_run_round_trip_with_real_embeddings(tmp_path):
     """ingest -> effnet-lite0 embeddings -> shared graph -> duplicates.run / outliers.run -> catalog tables."""
-    from engine.analyses import duplicates, outliers
-    from engine.catalog import init_project
-    from engine.embed import embed_project
-    from engine.ingest import ingest
+    from curate.engine.analyses import duplicates, outliers
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import embed_project
+    from curate.engine.ingest import ingest
 
     root = tmp_path / "data"
     for split, cls, name, img in (
@@ -304,7 +304,7 @@ def _photo(seed: int, side: int = 48):
 def test_pixel_similarity_sees_through_shift_mirror_colour_and_rotation():
     from PIL import Image, ImageEnhance
 
-    from engine.analyses.duplicates import pixel_signature, pixel_similarity
+    from curate.engine.analyses.duplicates import pixel_signature, pixel_similarity
 
     a = _photo(0)
     shifted = Image.new("RGB", a.size)
@@ -319,7 +319,7 @@ def test_pixel_similarity_sees_through_shift_mirror_colour_and_rotation():
 
 
 def test_verify_pairs_needs_a_copy_to_stand_out_from_its_reference_neighbour():
-    from engine.analyses.duplicates import DuplicatePairs, verify_pairs
+    from curate.engine.analyses.duplicates import DuplicatePairs, verify_pairs
 
     rng = np.random.default_rng(0)
     base = rng.random((32, 32)).astype(np.float32)
@@ -338,7 +338,7 @@ def test_verify_pairs_needs_a_copy_to_stand_out_from_its_reference_neighbour():
 
 
 def test_candidate_pairs_are_the_close_neighbours_that_stand_out():
-    from engine.analyses.duplicates import candidate_pairs
+    from curate.engine.analyses.duplicates import candidate_pairs
 
     graph = SimpleNamespace(
         indices=np.array([[1, 2, 3], [0, 2, 3], [3, 0, 1], [2, 0, 1]]),
@@ -353,10 +353,10 @@ def test_run_finds_shifted_and_mirrored_copies_by_their_pixels(tmp_path):
     """Through files and effnet-lite0: copies the embedding alone misses at 0.97 are found with the pixel check."""
     from PIL import Image
 
-    from engine.analyses import duplicates
-    from engine.catalog import init_project
-    from engine.embed import embed_project
-    from engine.ingest import ingest
+    from curate.engine.analyses import duplicates
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import embed_project
+    from curate.engine.ingest import ingest
 
     root = tmp_path / "data"
     (root / "train" / "x").mkdir(parents=True)

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.catalog import CurateError, init_project
-from engine.embed import (
+from curate.engine.catalog import CurateError, init_project
+from curate.engine.embed import (
     EmbedReport,
     embed_project,
     embedding_sets,
@@ -26,14 +26,14 @@ from engine.embed import (
     encoder_slug,
     load_embeddings,
 )
-from engine.ingest import ingest
+from curate.engine.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def effnet():
-    from engine.encoders import get_encoder
+    from curate.engine.encoders import get_encoder
 
     return get_encoder("effnet-lite0", device="cpu")
 
@@ -169,8 +169,8 @@ def test_sigkill_mid_shard_then_rerun_equals_uninterrupted_run(tmp_path, effnet)
     cat, data, _ = make_project(tmp_path, 8)
     folder = embeddings_dir(cat, "effnet-lite0")
     script = (
-        "from engine.catalog import open_project\n"
-        "from engine.embed import embed_project\n"
+        "from curate.engine.catalog import open_project\n"
+        "from curate.engine.embed import embed_project\n"
         f"embed_project(open_project({str(cat.root)!r}), encoder='effnet-lite0', device='cpu', workers=0,"
         " batch_size=4, shard_size=4)\n"
     )
@@ -261,7 +261,7 @@ def byo_project(tmp_path):
 
 
 def test_import_embeddings_formats_and_coexistence(byo_project, tmp_path, effnet):
-    from engine.byo import import_embeddings
+    from curate.engine.byo import import_embeddings
 
     cat, data, paths, ids = byo_project
     embed_project(cat, encoder=effnet, batch_size=6, workers=0)
@@ -301,7 +301,7 @@ def test_import_embeddings_formats_and_coexistence(byo_project, tmp_path, effnet
 
 
 def test_import_embeddings_validation_errors(byo_project, tmp_path):
-    from engine.byo import import_embeddings
+    from curate.engine.byo import import_embeddings
 
     cat, data, paths, ids = byo_project
     v = np.ones((3, 4), np.float32)
@@ -341,7 +341,7 @@ def test_import_embeddings_validation_errors(byo_project, tmp_path):
 
 
 def test_import_predictions(byo_project, tmp_path, caplog):
-    from engine.byo import import_predictions
+    from curate.engine.byo import import_predictions
 
     cat, data, paths, ids = byo_project
     assert cat.class_names() == ["cat", "dog"]
@@ -386,7 +386,7 @@ def test_import_predictions(byo_project, tmp_path, caplog):
 def test_cli_import_commands(byo_project, tmp_path):
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from curate.engine.cli import app
 
     cat, data, paths, ids = byo_project
     np.savez(tmp_path / "e.npz", vectors=np.eye(6, 4, dtype=np.float32) + 0.1, ids=ids)
@@ -402,7 +402,7 @@ def test_cli_import_commands(byo_project, tmp_path):
 
 def test_gpu_jpeg_path_and_its_cpu_fallback(tmp_path, effnet):
     """The CUDA decode path's logic, run with CPU tensors: batched decode_jpeg, per-file retry, PIL fallback."""
-    from engine.embed import _gpu_decodable, _gpu_decode
+    from curate.engine.embed import _gpu_decodable, _gpu_decode
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((64, 48), Image.BILINEAR)
@@ -438,7 +438,7 @@ def test_gpu_jpeg_path_and_its_cpu_fallback(tmp_path, effnet):
 
 
 def test_one_writer_per_encoder(tmp_path):
-    from engine.embed import drop_embeddings, encoder_lock, remove_orphan_shards
+    from curate.engine.embed import drop_embeddings, encoder_lock, remove_orphan_shards
 
     cat, _, _ = make_project(tmp_path, 2)
     with encoder_lock(cat, "effnet-lite0"):

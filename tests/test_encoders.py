@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.catalog import CurateError
-from engine.encoders import (
+from curate.engine.catalog import CurateError
+from curate.engine.encoders import (
     DEFAULT_CLIP,
     OFFLINE_DEFAULT,
     available_encoders,
@@ -216,7 +216,7 @@ def test_clip_loads_a_local_checkpoint_and_encodes_images_and_texts(tmp_path, sa
 
 
 def test_folded_batchnorm_matches_the_original_network(effnet, sample_images):
-    from engine.encoders.effnet import build_model
+    from curate.engine.encoders.effnet import build_model
 
     reference = build_model()  # unfolded, as loaded from the packaged weights
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules())

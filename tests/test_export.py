@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from engine import thumbnails
-from engine.catalog import CurateError
-from engine.export import apply_decisions, export_dataset, folder_names, label_studio_tasks, safe_name
+from curate.engine import thumbnails
+from curate.engine.catalog import CurateError
+from curate.engine.export import apply_decisions, export_dataset, folder_names, label_studio_tasks, safe_name
 from tests.ui_fixtures import build_ui_project, clone_project
 
 
@@ -223,7 +223,7 @@ def test_thumbnails_are_made_once_and_missing_files_give_none(proj, tmp_path):
 
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_decide_undo_decisions_export(proj, tmp_path):
-    from engine.cli import app
+    from curate.engine.cli import app
 
     runner = CliRunner()
     p = str(proj.cat.root)

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.catalog import CurateError, open_project
-from engine.embed import embeddings_dir, load_embeddings
-from indexes import store
-from indexes.graph import load_or_build_graph
-from indexes.search import load_or_build_index
+from curate.engine.catalog import CurateError, open_project
+from curate.engine.embed import embeddings_dir, load_embeddings
+from curate.indexes import store
+from curate.indexes.graph import load_or_build_graph
+from curate.indexes.search import load_or_build_index
 from tests.fault_helpers import byo_project, curate, curate_killed_at
 
 ENC = "byo:test"
@@ -68,7 +68,7 @@ def test_sigkill_during_index_and_graph_build_then_rerun_equals_uninterrupted(tm
 
 # ------------------------------------------------------------------------------------------------ analysis
 def test_sigkill_during_an_analysis_commit_leaves_old_results_and_rerun_equals_uninterrupted(tmp_path):
-    from engine.analyses import outliers
+    from curate.engine.analyses import outliers
 
     cat, _ = byo_project(tmp_path)
     outliers.run(cat, encoder=ENC, k=5)  # an earlier, complete run
@@ -104,7 +104,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def test_sigkill_during_export_leaves_no_half_export_and_rerun_equals_uninterrupted(tmp_path):
-    from engine.export import export_dataset
+    from curate.engine.export import export_dataset
 
     cat, _ = byo_project(tmp_path)
     ids = cat.samples()["id"].tolist()
@@ -134,7 +134,7 @@ def test_sigkill_during_export_leaves_no_half_export_and_rerun_equals_uninterrup
 
 
 def test_export_into_an_empty_folder_the_user_made_and_failures_leave_nothing(tmp_path):
-    from engine.export import export_dataset
+    from curate.engine.export import export_dataset
 
     cat, _ = byo_project(tmp_path)
     made = tmp_path / "chosen"
@@ -172,15 +172,15 @@ def test_truncated_index_and_graph_files_are_detected_and_rebuilt(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_effnet():
-    from engine.encoders import get_encoder
+    from curate.engine.encoders import get_encoder
 
     return get_encoder("effnet-lite0:64", device="cpu")
 
 
 def test_truncated_shard_is_a_clear_error_and_the_next_embed_recomputes_only_it(tmp_path, small_effnet):
-    from engine.catalog import init_project
-    from engine.embed import EmbedReport, embed_project
-    from engine.ingest import ingest
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import EmbedReport, embed_project
+    from curate.engine.ingest import ingest
     from tests.fault_helpers import write_dataset
 
     write_dataset(tmp_path / "data", per_class=2)

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from engine.catalog import CurateError
-from engine.ingest import detect_kind, ingest
+from curate.engine.catalog import CurateError
+from curate.engine.ingest import detect_kind, ingest
 from tests.conftest import write_image
 
 
@@ -284,8 +284,8 @@ def test_manifest_extra_columns_become_metadata(tmp_path, project):
 
 
 def test_cli_ingest_coco_with_label_rule(tmp_path):
-    from engine.catalog import open_project
-    from engine.cli import app
+    from curate.engine.catalog import open_project
+    from curate.engine.cli import app
 
     path = write_coco(tmp_path / "coco")
     res = CliRunner().invoke(app, ["ingest", str(path), "--kind", "coco", "--coco-label", "single",
@@ -303,8 +303,8 @@ def _sid(cat, name: str) -> int:
 
 
 def test_coco_round_trip_applies_decisions(tmp_path, project):
-    from engine.export import export_dataset
-    from engine.formats import coco
+    from curate.engine.export import export_dataset
+    from curate.engine.formats import coco
 
     path = write_coco(tmp_path / "coco")
     ingest(project, path, kind="coco")
@@ -336,8 +336,8 @@ def test_coco_round_trip_applies_decisions(tmp_path, project):
 
 
 def test_yolo_round_trip_applies_decisions(tmp_path, project):
-    from engine.catalog import init_project
-    from engine.export import export_dataset
+    from curate.engine.catalog import init_project
+    from curate.engine.export import export_dataset
 
     write_yolo(tmp_path / "yolo")
     ingest(project, tmp_path / "yolo", kind="yolo")
@@ -364,7 +364,7 @@ def test_yolo_round_trip_applies_decisions(tmp_path, project):
 
 def test_hf_round_trip_applies_decisions(tmp_path, project):
     datasets = pytest.importorskip("datasets")
-    from engine.export import export_dataset
+    from curate.engine.export import export_dataset
 
     ingest(project, write_hf(tmp_path), kind="hf")
     s = _samples(project).reset_index()
@@ -387,7 +387,7 @@ def test_hf_round_trip_applies_decisions(tmp_path, project):
 
 
 def test_export_source_and_unknown_format(tmp_path, project):
-    from engine.export import export_dataset, source_formats
+    from curate.engine.export import export_dataset, source_formats
 
     ingest(project, write_coco(tmp_path / "coco"), kind="coco")
     write_image(tmp_path / "folder" / "x" / "a.png", seed=9)
@@ -420,8 +420,8 @@ def _with_findings(cat) -> dict[str, int]:
 
 
 def test_labelstudio_round_trip(tmp_path, project):
-    from engine.cli import app
-    from engine.export import cleaned_dataset
+    from curate.engine.cli import app
+    from curate.engine.export import cleaned_dataset
 
     ingest(project, write_coco(tmp_path / "coco"), kind="coco")
     ids = _with_findings(project)
@@ -474,8 +474,8 @@ def test_labelstudio_round_trip(tmp_path, project):
 
 
 def test_labelstudio_duplicates_round_trip_and_bad_tasks(tmp_path, project):
-    from engine.export import cleaned_dataset, export_dataset
-    from engine.formats.labelstudio import import_review
+    from curate.engine.export import cleaned_dataset, export_dataset
+    from curate.engine.formats.labelstudio import import_review
 
     ingest(project, write_coco(tmp_path / "coco"), kind="coco")
     ids = _with_findings(project)
@@ -504,7 +504,7 @@ def test_labelstudio_duplicates_round_trip_and_bad_tasks(tmp_path, project):
 
 # ------------------------------------------------------------------------------------------- metadata -> balanced batches
 def test_select_spreads_a_batch_across_groups():
-    from engine.analyses.active import balanced_group_cap, select
+    from curate.engine.analyses.active import balanced_group_cap, select
 
     X = np.random.default_rng(0).normal(size=(82, 8)).astype("float32")
     groups = np.array([0] * 50 + [1] * 30 + [2] * 2)
@@ -517,9 +517,9 @@ def test_select_spreads_a_batch_across_groups():
 
 
 def test_query_balance_by_metadata(tmp_path, project):
-    from engine.analyses import active
-    from engine.byo import import_embeddings
-    from engine.cli import app
+    from curate.engine.analyses import active
+    from curate.engine.byo import import_embeddings
+    from curate.engine.cli import app
 
     cams = ["A"] * 20 + ["B"] * 8 + ["C"] * 2
     lines = ["path,camera"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from engine.analyses.image_quality import (
+from curate.engine.analyses.image_quality import (
     STAT_COLUMNS,
     ImageQualityConfig,
     image_issues,
@@ -128,8 +128,8 @@ def test_robust_z_and_config_and_working_side():
 
 # --------------------------------------------------------------------------------------- catalog round trip
 def test_catalog_round_trip(tmp_path):
-    from engine.analyses import image_quality
-    from engine.catalog import init_project
+    from curate.engine.analyses import image_quality
+    from curate.engine.catalog import init_project
 
     images, _ = planted_images(seed=1)
     root = tmp_path / "imgs"
@@ -138,7 +138,7 @@ def test_catalog_round_trip(tmp_path):
         img.save(root / "all" / f"{name}.png")
     cat = init_project(tmp_path / "proj")
     try:
-        from engine.ingest import ingest
+        from curate.engine.ingest import ingest
 
         ingest(cat, root, kind="imagefolder")
     except ImportError:  # pragma: no cover - ingest is part of the package; keep the fallback explicit

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.catalog import CurateError, init_project, utcnow
-from indexes import build, store
-from indexes.build import build_index, choose_factory, exact_search, recall_at_k
-from indexes.graph import cached_graph, load_or_build_graph
-from indexes.knn import KnnGraph, extend_graph, knn_graph, range_pairs
-from indexes.search import index_for_embeddings, load_or_build_index, search_sample, search_vectors
+from curate.engine.catalog import CurateError, init_project, utcnow
+from curate.indexes import build, store
+from curate.indexes.build import build_index, choose_factory, exact_search, recall_at_k
+from curate.indexes.graph import cached_graph, load_or_build_graph
+from curate.indexes.knn import KnnGraph, extend_graph, knn_graph, range_pairs
+from curate.indexes.search import index_for_embeddings, load_or_build_index, search_sample, search_vectors
 
 ENCODER = "test-vectors"
 
@@ -58,7 +58,7 @@ def add_samples(cat, ids) -> None:
 
 
 def add_embeddings(cat, ids, vectors, encoder: str = ENCODER) -> None:
-    from engine.embed import write_shard
+    from curate.engine.embed import write_shard
 
     write_shard(cat, encoder, np.asarray(ids, np.int64), vectors, {"encoder": encoder, "dim": vectors.shape[1]})
 
@@ -119,7 +119,7 @@ def test_graph_padding_when_fewer_than_k_others():
 def test_torch_tiled_path_on_cpu_equals_faiss():
     X = random_unit(700, 48, seed=4)
     ref = knn_graph(X, 8, device="cpu", backend="faiss")
-    from indexes.torch_knn import torch_knn_graph
+    from curate.indexes.torch_knn import torch_knn_graph
 
     idx, sims, dtype = torch_knn_graph(X, 8, block_size=64, device="cpu", db_block_size=100)
     assert dtype == "float32"
@@ -134,7 +134,7 @@ def test_torch_reduced_precision_candidates_are_rescored_in_float32():
     """The CUDA path selects candidates in half precision; here the same code runs in bfloat16 on the CPU."""
     import torch
 
-    from indexes.torch_knn import torch_knn_graph
+    from curate.indexes.torch_knn import torch_knn_graph
 
     X = random_unit(400, 32, seed=5)
     ref = knn_graph(X, 6, device="cpu")
@@ -337,7 +337,7 @@ def test_load_or_build_graph_on_a_project(vector_project):
 # ------------------------------------------------------------------------------------------------ search API
 def test_search_vectors_and_sample(vector_project):
     cat = vector_project
-    from engine.embed import load_embeddings
+    from curate.engine.embed import load_embeddings
 
     es = load_embeddings(cat)
     hits = search_vectors(cat, es.vectors[[0, 50]], k=3)
@@ -365,7 +365,7 @@ def test_cli_search_by_sample(vector_project):
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), COLUMNS="200")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "engine.cli", *map(str, a)], capture_output=True,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "curate.engine.cli", *map(str, a)], capture_output=True,
                                     text=True, env=env, timeout=120)
     r = run("search", "--sample", 11, "-k", 3, "-p", vector_project.root)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -378,10 +378,10 @@ def test_image_and_text_search_with_the_offline_encoder(tmp_path):
     """End to end with a real encoder: ingest images, embed, search by image file; text needs CLIP."""
     from PIL import Image
 
-    from engine.embed import embed_project
-    from engine.ingest import ingest
-    from indexes import search as search_module
-    from indexes.search import search_image, search_text
+    from curate.engine.embed import embed_project
+    from curate.engine.ingest import ingest
+    from curate.indexes import search as search_module
+    from curate.indexes.search import search_image, search_text
 
     rng = np.random.default_rng(0)
     (tmp_path / "data").mkdir()

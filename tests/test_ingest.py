@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import write_image
-from engine import ingest as ingest_mod
-from engine.catalog import CurateError
-from engine.ingest import ingest
+from curate.engine import ingest as ingest_mod
+from curate.engine.catalog import CurateError
+from curate.engine.ingest import ingest
 
 
 def test_imagefolder_with_splits_and_quarantine(project, image_folder):
@@ -146,7 +146,7 @@ def test_decompression_bomb_guard(project, tmp_path, monkeypatch):
 
 
 def test_killed_ingest_resumes_to_the_same_result(tmp_path):
-    from engine.catalog import init_project
+    from curate.engine.catalog import init_project
 
     root = tmp_path / "data"
     for i in range(40):
@@ -154,7 +154,7 @@ def test_killed_ingest_resumes_to_the_same_result(tmp_path):
     proj = tmp_path / "p"
     init_project(proj)
     env = dict(os.environ, CURATE_INGEST_CHUNK="5", CURATE_TEST_INGEST_PAUSE="0.4", PYTHONPATH=str(Path(__file__).parents[1]))
-    code = f"from engine.catalog import open_project; from engine.ingest import ingest; ingest(open_project({str(proj)!r}), {str(root)!r})"
+    code = f"from curate.engine.catalog import open_project; from engine.ingest import ingest; ingest(open_project({str(proj)!r}), {str(root)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     cat = init_project(proj)
     deadline = time.time() + 60

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.analyses.label_issues import find_label_issues, knn_vote_proba, run, top_issues
-from engine.analyses.probe import LinearProbe, cross_val_predict_proba, cuda_available
-from engine.catalog import CurateError, utcnow
-from indexes.knn import knn_graph
+from curate.engine.analyses.label_issues import find_label_issues, knn_vote_proba, run, top_issues
+from curate.engine.analyses.probe import LinearProbe, cross_val_predict_proba, cuda_available
+from curate.engine.catalog import CurateError, utcnow
+from curate.indexes.knn import knn_graph
 
 
 def unit(X: np.ndarray) -> np.ndarray:
@@ -217,8 +217,8 @@ def test_more_than_a_thousand_classes():
 
 # ------------------------------------------------------------------------------------------ catalog round trip
 def _project_with_embeddings(tmp_path, X: np.ndarray, labels: list[str]):
-    from engine.catalog import init_project
-    from engine.embed import write_shard
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import write_shard
 
     cat = init_project(tmp_path / "proj")
     ids = np.arange(1, len(X) + 1, dtype=np.int64)
@@ -234,7 +234,7 @@ def _project_with_embeddings(tmp_path, X: np.ndarray, labels: list[str]):
 def test_relabel_decision_feedback_loop(tmp_path):
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from curate.engine.cli import app
 
     X, y = blobs(n=240, n_classes=3, dim=16, seed=6)
     names = np.array(["cat", "dog", "fox"])
@@ -266,7 +266,7 @@ def test_relabel_decision_feedback_loop(tmp_path):
 
 
 def test_run_uses_imported_predictions_from_the_catalog(tmp_path):
-    from engine.byo import import_predictions
+    from curate.engine.byo import import_predictions
 
     X, y = blobs(n=120, n_classes=2, dim=8, seed=7)
     labels = list(np.array(["no", "yes"])[y])
@@ -283,8 +283,8 @@ def test_run_uses_imported_predictions_from_the_catalog(tmp_path):
 
 
 def test_run_without_embeddings_needs_full_predictions(tmp_path):
-    from engine.byo import import_predictions
-    from engine.catalog import init_project
+    from curate.engine.byo import import_predictions
+    from curate.engine.catalog import init_project
 
     cat = init_project(tmp_path / "noemb")
     y = np.array([0, 1] * 30)
@@ -309,7 +309,7 @@ def test_run_without_embeddings_needs_full_predictions(tmp_path):
 
 # --------------------------------------------------------------------------------------- calibrated flag count
 def test_anchor_and_calibrated_noise_rates():
-    from engine.analyses.label_issues import anchor_noise_rate, calibrated_noise_rate
+    from curate.engine.analyses.label_issues import anchor_noise_rate, calibrated_noise_rate
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 3000)

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engine.analyses import active, clusters, duplicates, label_issues, outliers
-from engine.analyses.scale import label_issues_out_of_core
-from engine.catalog import init_project
-from engine.cli import app
-from engine.distributed.embed import add_synthetic_samples, embed_synthetic
-from engine.distributed.synthetic import SyntheticConfig, given_labels, true_classes
-from engine.shards import ShardRows, ShardedEmbeddings, use_out_of_core
-from indexes.graph import OOC_DIR, load_or_build_sharded_graph
-from indexes.search import load_or_build_index, search_sample
+from curate.engine.analyses import active, clusters, duplicates, label_issues, outliers
+from curate.engine.analyses.scale import label_issues_out_of_core
+from curate.engine.catalog import init_project
+from curate.engine.cli import app
+from curate.engine.distributed.embed import add_synthetic_samples, embed_synthetic
+from curate.engine.distributed.synthetic import SyntheticConfig, given_labels, true_classes
+from curate.engine.shards import ShardRows, ShardedEmbeddings, use_out_of_core
+from curate.indexes.graph import OOC_DIR, load_or_build_sharded_graph
+from curate.indexes.search import load_or_build_index, search_sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_embed import make_project  # noqa: E402
@@ -69,7 +69,7 @@ def test_sharded_graph_is_cached_checked_and_rebuilt(labeled_synthetic):
     meta = json.loads((folder / "knn_graph.json").read_text())
     assert meta["content_key"] == shards.content_key() and meta["n"] == N
     # the exact sharded graph equals the in-memory one (same ids, same neighbours)
-    from indexes.graph import load_or_build_graph
+    from curate.indexes.graph import load_or_build_graph
 
     es, mem = load_or_build_graph(cat, k=10)
     sid = shards.sample_ids()
@@ -188,7 +188,7 @@ def test_cli_index_and_audit_take_the_out_of_core_path(labeled_synthetic, monkey
 def test_full_audit_out_of_core_on_images_and_the_ui_reads_it(tmp_path, monkeypatch):
     """Real images, the real encoder, `run_audit` with the out-of-core switch on: every step succeeds, writes the
     usual tables, and the review app renders them."""
-    from engine.pipeline import run_audit
+    from curate.engine.pipeline import run_audit
     from tests.test_ui_apptest import open_page
 
     cat, _, _ = make_project(tmp_path, 24)

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from engine.analyses.outliers import find_outliers, mean_neighbor_distance, outlier_scores
+from curate.engine.analyses.outliers import find_outliers, mean_neighbor_distance, outlier_scores
 
 
 def unit(x):

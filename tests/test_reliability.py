@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import init_project
+from curate.engine.catalog import init_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_concurrent_decision_writers_lose_nothing(tmp_path):
     code = textwrap.dedent(
         """
         import sys
-        from engine.catalog import Catalog
+        from curate.engine.catalog import Catalog
         cat = Catalog(sys.argv[1], wait_s=120)
         w = int(sys.argv[2])
         for i in range(15):
@@ -72,7 +72,7 @@ def _hold(cat, read_only: bool, seconds: float, ready):
 def test_connect_waits_out_an_in_process_read_only_connection_then_says_busy(project):
     import threading
 
-    from engine.catalog import Catalog, ProjectBusyError
+    from curate.engine.catalog import Catalog, ProjectBusyError
 
     with project.transaction() as con:
         con.execute("INSERT INTO samples (id, content_hash, path, ingested_at) VALUES (1, 'h', '/a.png', now())")
@@ -103,13 +103,13 @@ def test_cli_analysis_running_while_the_ui_writes_many_decisions_loses_nothing(t
     lands, the analysis completes, and the writers waited rather than failed."""
     import threading
 
-    from app import components, data
+    from curate.app import components, data
     from tests.fault_helpers import byo_project, cli_env
 
     cat, _ = byo_project(tmp_path)
     root = str(cat.root)
     ids = cat.samples()["id"].tolist()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "audit", "outliers", "-p", root], text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engine.cli", "audit", "outliers", "-p", root], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT),
                             env=cli_env(CURATE_TEST_ANALYSIS_PAUSE="2"))
     for line in proc.stderr:  # wait until the analysis holds the lock (inside its transaction)
@@ -152,11 +152,11 @@ def test_a_writer_that_cannot_wait_gets_one_clear_line(tmp_path, monkeypatch):
     """CLI and UI writers facing a long-running CLI transaction fail with 'project is busy', nothing half-done."""
     import streamlit as st
 
-    from app import components
+    from curate.app import components
     from tests.fault_helpers import byo_project, cli_env, curate
 
     cat, _ = byo_project(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "audit", "outliers", "-p", str(cat.root)], text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engine.cli", "audit", "outliers", "-p", str(cat.root)], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT),
                             env=cli_env(CURATE_TEST_ANALYSIS_PAUSE="60"))
     try:
@@ -201,14 +201,14 @@ def test_curate_ui_listens_on_localhost_only_by_default(tmp_path):
     import socket
     import urllib.request
 
-    from engine.catalog import init_project as init
+    from curate.engine.catalog import init_project as init
     from tests.fault_helpers import cli_env
 
     init(tmp_path / "p")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "ui", "-p", str(tmp_path / "p"), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engine.cli", "ui", "-p", str(tmp_path / "p"), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT), env=cli_env())
     try:
         deadline = time.monotonic() + 90

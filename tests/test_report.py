@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.html_report import SECTIONS, health_scores, keep_fraction_table, noise_matrix
+from curate.engine.html_report import SECTIONS, health_scores, keep_fraction_table, noise_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def curate(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "curate.engine.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300, cwd=ROOT)
 
 
@@ -89,7 +89,7 @@ def test_noise_matrix_is_p_given_given_true():
 
 
 def test_joint_summary_keeps_the_most_confused_classes():
-    from engine.analyses.label_issues import joint_summary
+    from curate.engine.analyses.label_issues import joint_summary
 
     J = np.diag(np.full(5, 0.18))
     J[3, 1] = J[1, 3] = 0.05
@@ -157,7 +157,7 @@ def test_html_embeds_thumbnails_of_each_gallery(audited, report):
     assert audited.outliers[0] in shown
     # the file deleted after ingest gets the placeholder, the others real thumbnails (distinct images)
     srcs = {int(a["alt"].split()[-1]): a["src"] for a in imgs}
-    from engine.thumbnails import placeholder
+    from curate.engine.thumbnails import placeholder
     import base64
 
     ph = "data:image/jpeg;base64," + base64.b64encode(placeholder()).decode()
@@ -208,7 +208,7 @@ def test_report_shows_decisions_and_a_fresh_project(audited, tmp_path):
     md = (cat.root / "exports" / "report.md").read_text()
     assert "Live decisions: relabel 1 (3 records including undos)." in md
 
-    from engine.catalog import init_project
+    from curate.engine.catalog import init_project
 
     fresh = init_project(tmp_path / "fresh")
     res = curate("report", "-p", str(fresh.root), "--out", str(tmp_path / "fresh.html"))

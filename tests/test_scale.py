@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.catalog import init_project
-from engine.distributed.embed import add_synthetic_samples, embed_synthetic, open_image
-from engine.distributed.synthetic import SyntheticConfig, given_labels, is_duplicate, true_classes
-from engine.embed import EmbedReport, load_embeddings, write_shard
-from engine.shards import ShardedEmbeddings
+from curate.engine.catalog import init_project
+from curate.engine.distributed.embed import add_synthetic_samples, embed_synthetic, open_image
+from curate.engine.distributed.synthetic import SyntheticConfig, given_labels, is_duplicate, true_classes
+from curate.engine.embed import EmbedReport, load_embeddings, write_shard
+from curate.engine.shards import ShardedEmbeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_embed import make_project, write_images  # noqa: E402
@@ -55,8 +55,8 @@ def test_ray_embed_equals_local(tmp_path, ray_local):
     quarantine the same broken file."""
     import torch
 
-    from engine.distributed.embed import embed_project_ray
-    from engine.embed import embed_project
+    from curate.engine.distributed.embed import embed_project_ray
+    from curate.engine.embed import embed_project
 
     cats = {}
     for name in ("local", "ray"):
@@ -88,7 +88,7 @@ def test_cli_embed_ray_option(tmp_path):
     """`--ray` takes an optional address and routes to the Ray pipeline (whose batch-size check answers first)."""
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from curate.engine.cli import app
 
     cat, _, _ = make_project(tmp_path, 2)
     for extra in (["--ray"], ["--ray", "local"], ["--ray", "--workers", "1"], ["--workers", "1", "--ray"]):
@@ -142,7 +142,7 @@ def test_sharded_embeddings_equal_loaded_embeddings_with_superseded_rows(tmp_pat
     assert np.array_equal(sh.take(pos), whole[pos])
     # a corrupt shard is named, never read
     sh.shards[1].path.write_bytes(sh.shards[1].path.read_bytes()[:-8] + b"\0" * 8)
-    from engine.catalog import CurateError
+    from curate.engine.catalog import CurateError
 
     with pytest.raises(CurateError, match="shard-000001.npy is corrupt"):
         ShardedEmbeddings.open(cat)
@@ -150,8 +150,8 @@ def test_sharded_embeddings_equal_loaded_embeddings_with_superseded_rows(tmp_pat
 
 # ------------------------------------------------------------------------------------------------ indexes
 def test_sharded_search_equals_in_memory_search(synthetic_project, ray_local):
-    from indexes.build import build_index, exact_search, set_search_params
-    from indexes.sharded import RayShardedIndex, build_sharded_index, exact_topk
+    from curate.indexes.build import build_index, exact_search, set_search_params
+    from curate.indexes.sharded import RayShardedIndex, build_sharded_index, exact_topk
 
     sh = ShardedEmbeddings.open(synthetic_project)
     X = load_embeddings(synthetic_project).vectors  # ids are consecutive: global row == sorted position
@@ -192,9 +192,9 @@ def test_sharded_search_equals_in_memory_search(synthetic_project, ray_local):
 
 
 def test_sharded_knn_graph_equals_in_memory_graph(synthetic_project, ray_local, tmp_path):
-    from indexes.build import recall_at_k
-    from indexes.knn import knn_graph
-    from indexes.sharded import sharded_knn_graph
+    from curate.indexes.build import recall_at_k
+    from curate.indexes.knn import knn_graph
+    from curate.indexes.sharded import sharded_knn_graph
 
     sh = ShardedEmbeddings.open(synthetic_project)
     X = load_embeddings(synthetic_project).vectors
@@ -220,9 +220,9 @@ def test_sharded_knn_graph_equals_in_memory_graph(synthetic_project, ray_local, 
 def test_streamed_label_issues_equal_cleanlab_in_memory(synthetic_project, tmp_path):
     from cleanlab.experimental.label_issues_batched import find_label_issues_batched
 
-    from engine.analyses.label_issues import knn_vote_proba
-    from engine.analyses.scale import label_issues_out_of_core
-    from indexes.sharded import sharded_knn_graph
+    from curate.engine.analyses.label_issues import knn_vote_proba
+    from curate.engine.analyses.scale import label_issues_out_of_core
+    from curate.indexes.sharded import sharded_knn_graph
 
     sh = ShardedEmbeddings.open(synthetic_project)
     ids = sh.sample_ids()
@@ -252,8 +252,8 @@ def test_streamed_label_issues_equal_cleanlab_in_memory(synthetic_project, tmp_p
 
 
 def test_partitioned_dedup_on_ray_equals_local_and_exact(synthetic_project, ray_local):
-    from engine.analyses.scale import partitioned_near_duplicates
-    from indexes.knn import range_pairs
+    from curate.engine.analyses.scale import partitioned_near_duplicates
+    from curate.indexes.knn import range_pairs
 
     sh = ShardedEmbeddings.open(synthetic_project)
     local = partitioned_near_duplicates(sh, 0.998, points_per_partition=500, seed=0)
@@ -273,8 +273,8 @@ def test_partitioned_dedup_on_ray_equals_local_and_exact(synthetic_project, ray_
 
 
 def test_sampled_and_minibatch_kmeans_over_shards(synthetic_project):
-    from engine.analyses.clusters import kmeans
-    from engine.analyses.scale import sampled_kmeans
+    from curate.engine.analyses.clusters import kmeans
+    from curate.engine.analyses.scale import sampled_kmeans
 
     sh = ShardedEmbeddings.open(synthetic_project)
     X = load_embeddings(synthetic_project).vectors

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.components import NEW_LABEL
+from curate.app.components import NEW_LABEL
 from tests.ui_fixtures import build_audited_project, build_ui_project, clone_project
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
@@ -84,7 +84,7 @@ def test_overview_counts(proj):
 
 
 def test_overview_class_distribution_follows_relabels(proj):
-    from app import data
+    from curate.app import data
 
     cat = proj.cat
     root = str(cat.root)
@@ -274,8 +274,8 @@ def test_search_by_path_and_similarity_degrades_without_embeddings(proj):
 def test_similarity_search_by_sample_uses_the_index(proj, tmp_path):
     import numpy as np
 
-    from engine.byo import import_embeddings
-    from engine.export import load_inputs
+    from curate.engine.byo import import_embeddings
+    from curate.engine.export import load_inputs
 
     samples, labels, _, _ = load_inputs(proj.cat)
     lab = labels.set_index("sample_id")["label"]
@@ -340,7 +340,7 @@ def test_sql_injection_strings_in_search_filter_and_relabel_fields_are_data(proj
 
 
 def test_app_read_functions_bind_hostile_filters(proj):
-    from app import data
+    from curate.app import data
 
     root, cat = str(proj.cat.root), proj.cat
     rev = data.revision(root)

@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 def _curate_cmd() -> list[str]:
     script = Path(sys.executable).parent / "curate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "engine.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "curate.engine.cli"]
 
 
 @contextlib.contextmanager
@@ -247,7 +247,7 @@ def report_file(tmp_path_factory, browser):
 
 
 def test_report_opens_in_chromium_without_errors(report_file, browser, tmp_path):
-    from engine.html_report import SECTIONS
+    from curate.engine.html_report import SECTIONS
 
     proj, out = report_file
     errors: list[str] = []

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from engine.catalog import Catalog, init_project, open_project, utcnow
-from engine.ingest import ingest
+from curate.engine.catalog import Catalog, init_project, open_project, utcnow
+from curate.engine.ingest import ingest
 
 CLASSES = ("bird", "cat", "dog")
 COLOURS = {"bird": (200, 60, 60), "cat": (60, 200, 60), "dog": (60, 60, 200)}
@@ -136,8 +136,8 @@ def build_audited_project(tmp: Path) -> UIProject:
     estimate, duplicates with the SemDeDup curve, outliers, image quality), so run summaries are what `curate audit`
     writes.  The vectors put each labelled image near its class, the flagged ones near another class, the members
     of each duplicate set on one point, and the first outlier far from everything."""
-    from engine.analyses import duplicates, image_quality, label_issues, outliers
-    from engine.byo import import_embeddings
+    from curate.engine.analyses import duplicates, image_quality, label_issues, outliers
+    from curate.engine.byo import import_embeddings
 
     proj = build_ui_project(tmp)
     cat = proj.cat

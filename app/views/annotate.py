@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
 
 NS = "ann"
 MAX_BUTTONS = 40  # beyond this many classes the label is picked from a list

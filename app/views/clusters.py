@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
 
 NS = "cl"
 REASON = "cluster review"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import components as ui
-from app import data
-from engine.catalog import DECISION_ACTIONS
+from curate.app import components as ui
+from curate.app import data
+from curate.engine.catalog import DECISION_ACTIONS
 
 NS = "dec"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
 
 NS = "dup"
 REASON = "duplicate review"
@@ -45,7 +45,7 @@ with st.expander("SemDeDup keep-fraction curve", icon=":material/show_chart:"):
     if not semdedup or not semdedup.get("curve"):
         st.caption(hints.no_semdedup_curve(root))
     else:
-        from engine.html_report import keep_fraction_table, semdedup_figure
+        from curate.engine.html_report import keep_fraction_table, semdedup_figure
 
         curve = keep_fraction_table(semdedup)
         ui.plotly(semdedup_figure(curve, semdedup.get("n")), key=f"{NS}-semdedup-curve")

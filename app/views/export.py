@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import components as ui
-from app import data
-from engine import export as ex
-from engine.catalog import CurateError
+from curate.app import components as ui
+from curate.app import data
+from curate.engine import export as ex
+from curate.engine.catalog import CurateError
 
 NS = "exp"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
 
 NS = "li"
 REASON = "label issue review"
@@ -22,7 +22,7 @@ if not given_opts and not sugg_opts:
     st.stop()
 
 with st.expander("Score distribution and noise matrix", icon=":material/bar_chart:"):
-    from engine.html_report import histogram_figure, noise_matrix_figure
+    from curate.engine.html_report import histogram_figure, noise_matrix_figure
 
     plots = st.columns(2)
     hist, boundary = data.score_histogram(root, rev[1:], "label_quality")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
 
 root = data.project_root()
 rev = data.revision(root)
@@ -18,7 +18,7 @@ view = st.segmented_control("View", ["Outliers", "Image quality"], default="Outl
 if view == "Outliers":
     NS, REASON = "out", "outlier review"
     with st.expander("Score distribution", icon=":material/bar_chart:"):
-        from engine.html_report import histogram_figure
+        from curate.engine.html_report import histogram_figure
 
         hist, _ = data.score_histogram(root, rev[1:], "outlier_score")
         cutoff = data.last_run_summary(root, rev[1:], "outliers").get("score_cutoff")

@@ -7,8 +7,8 @@ import json
 import plotly.express as px
 import streamlit as st
 
-from app import data
-from app import hints
+from curate.app import data
+from curate.app import hints
 
 root = data.project_root()
 ov = data.overview(root, data.revision(root))

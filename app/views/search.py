@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import components as ui
-from app import data
-from app import hints
-from engine.catalog import CurateError
+from curate.app import components as ui
+from curate.app import data
+from curate.app import hints
+from curate.engine.catalog import CurateError
 
 NS = "srch"
 REASON = "search review"

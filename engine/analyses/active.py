@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.catalog import Catalog, CurateError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _normalize(X: np.ndarray) -> np.ndarray:
 def compute_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine kNN graph ``(indices, similarities)`` with :func:`indexes.knn.knn_graph` (exact up to its size limit,
     GPU when available).  Used only when the caller has no (large enough) shared graph."""
-    from indexes.knn import knn_graph
+    from curate.indexes.knn import knn_graph
 
     g = knn_graph(np.asarray(X, dtype=np.float32), k=int(min(k, max(1, len(X) - 1))))
     return np.asarray(g.indices, dtype=np.int64), np.asarray(g.similarities, dtype=np.float32)
@@ -330,7 +330,7 @@ def typicality(X: np.ndarray, k: int = 20) -> np.ndarray:
 
 
 def _typiclust(X, labeled, picker: _Picker, rng, config: StrategyConfig, seed: int = 0, **_) -> dict:
-    from engine.analyses.clusters import kmeans
+    from curate.engine.analyses.clusters import kmeans
 
     n = len(X)
     n_clusters = int(min(labeled.sum() + picker.budget, config.typiclust_max_clusters, n))
@@ -424,7 +424,7 @@ def _ball_matrix(rows: np.ndarray, cols: np.ndarray, n: int):
 
 def _probcover(X, labeled, picker: _Picker, rng, config: StrategyConfig, graph=None, probs=None, seed: int = 0,
                **_) -> dict:
-    from engine.analyses.clusters import choose_k, kmeans
+    from curate.engine.analyses.clusters import choose_k, kmeans
 
     n = len(X)
     k = min(config.probcover_k, n - 1)
@@ -526,7 +526,7 @@ def _badge(X, labeled, picker: _Picker, rng, probs, **_) -> dict:
 
 def _margin_diversity(X, labeled, picker: _Picker, rng, probs, config: StrategyConfig, class_names=None,
                       seed: int = 0, **_) -> dict:
-    from engine.analyses.clusters import kmeans
+    from curate.engine.analyses.clusters import kmeans
 
     u = uncertainty_scores(probs, "margin")
     cand = np.flatnonzero(picker.eligible)
@@ -760,7 +760,7 @@ class QueryResult:
 def _load_graph(cat: Catalog, encoder: str | None, ids: np.ndarray, k: int) -> Any:
     """The shared kNN graph aligned with ``ids``, or None when the indexes package cannot provide it."""
     try:
-        from indexes.graph import load_or_build_graph
+        from curate.indexes.graph import load_or_build_graph
     except ImportError:
         return None
     es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
@@ -771,8 +771,8 @@ def _load_graph(cat: Catalog, encoder: str | None, ids: np.ndarray, k: int) -> A
 
 def _pool_out_of_core(cat: Catalog, encoder: str | None, pool_size: int, seed: int) -> tuple[Any, dict]:
     """A seeded candidate pool read from the shards: labeled rows (sampled beyond half the pool) + unlabeled rows."""
-    from engine.embed import EmbeddingSet
-    from engine.shards import ShardedEmbeddings
+    from curate.engine.embed import EmbeddingSet
+    from curate.engine.shards import ShardedEmbeddings
 
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     ids = shards.sample_ids()
@@ -832,15 +832,15 @@ def run(
     -------
     QueryResult (``batch_id`` None when no candidate was left).
     """
-    from engine.analyses.probe import LinearProbe
-    from engine.embed import load_embeddings
-    from engine.progress import step
+    from curate.engine.analyses.probe import LinearProbe
+    from curate.engine.embed import load_embeddings
+    from curate.engine.progress import step
 
     name = canonical_strategy(strategy)
     if budget < 1:
         raise CurateError(f"--budget must be at least 1, got {budget}")
     config = config or StrategyConfig()
-    from engine.shards import use_out_of_core
+    from curate.engine.shards import use_out_of_core
 
     big = use_out_of_core(cat, encoder, out_of_core)
     pool_info = None
@@ -850,7 +850,7 @@ def run(
         emb = load_embeddings(cat, encoder)
     X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
     if near_duplicate_similarity is None:
-        from engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
+        from curate.engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
 
         near_duplicate_similarity = ENCODER_THRESHOLDS.get(emb.encoder, DEFAULT_THRESHOLD)
     params = {"strategy": name, "budget": budget, "encoder": emb.encoder, "seed": seed, "max_per_class": max_per_class,
@@ -973,7 +973,7 @@ def export_batch(cat: Catalog, batch_id: int, out_dir: str | Path | None = None,
     Uses :func:`engine.export.export_queue` (one format definition for the whole app); the default folder is
     ``<project>/exports/query-<batch_id>/`` (replaced if it exists).
     """
-    from engine.export import export_queue, queue_table
+    from curate.engine.export import export_queue, queue_table
 
     queue = queue_table(cat)
     queue = queue[queue["batch_id"] == int(batch_id)].reset_index(drop=True)

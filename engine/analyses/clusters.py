@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.catalog import Catalog, CurateError
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def choose_k(
     sil = np.sort(rng.choice(len(Z), size=min(len(Z), sample_size), replace=False))
     D = pairwise_distances(Z[sil], metric="euclidean", n_jobs=1)
     scores: list[float] = []
-    from engine.progress import track
+    from curate.engine.progress import track
 
     for k in track(ks, "silhouette sweep over k", progress=progress):
         res = kmeans(Z, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical, gpu=gpu)
@@ -511,9 +511,9 @@ def refine_clusters(X: np.ndarray, result: ClusterResult, knn_indices: np.ndarra
     -------
     ClusterResult with the refined labels (renumbered by size), member-mean centroids and distances to them.
     """
-    from engine.analyses.label_issues import knn_vote_proba, reduce_for_probe
-    from engine.analyses.probe import LinearProbe
-    from engine.progress import track
+    from curate.engine.analyses.label_issues import knn_vote_proba, reduce_for_probe
+    from curate.engine.analyses.probe import LinearProbe
+    from curate.engine.progress import track
 
     X = _as_float32(X)
     labels = np.asarray(result.labels, np.int64).copy()
@@ -788,7 +788,7 @@ def _load_images_for(cat: Catalog, encoder: Any, sample_ids: np.ndarray) -> Call
             return loader(files)
         import torch
 
-        from engine.images import open_rgb
+        from curate.engine.images import open_rgb
 
         return torch.stack([encoder.transform(open_rgb(f)) for f in files])
 
@@ -843,15 +843,15 @@ def run(
     -------
     ClusterRun
     """
-    from engine.embed import load_embeddings
-    from engine.progress import step
-    from engine.shards import use_out_of_core
+    from curate.engine.embed import load_embeddings
+    from curate.engine.progress import step
+    from curate.engine.shards import use_out_of_core
 
     t0 = time.perf_counter()
     big = use_out_of_core(cat, encoder, out_of_core)
     shards = None
     if big:
-        from engine.shards import ShardedEmbeddings
+        from curate.engine.shards import ShardedEmbeddings
 
         shards = ShardedEmbeddings.open(cat, encoder, verify=True)
         X, ids = None, shards.sample_ids()
@@ -887,7 +887,7 @@ def run(
                 result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size,
                                             progress=progress)
             if method == "kmeans" and refine_rounds > 0 and result.k >= 2:
-                from indexes.graph import cached_graph, index_dir
+                from curate.indexes.graph import cached_graph, index_dir
 
                 # the shared graph over the vectors already in memory (cache hit after `curate index`)
                 graph = cached_graph(index_dir(cat.root, enc_name), enc_name, ids, X,
@@ -995,7 +995,7 @@ def _name_out_of_core(cat: Catalog, summaries: list[ClusterSummary], shards: Any
     """:func:`_name` on the representatives' vectors only (a few per cluster), not on every row."""
     from dataclasses import replace
 
-    from engine.embed import EmbeddingSet
+    from curate.engine.embed import EmbeddingSet
 
     rows = np.unique(np.concatenate([np.asarray(s.representatives, np.int64) for s in summaries] + [np.empty(0, np.int64)]))
     local = {int(r): i for i, r in enumerate(rows)}
@@ -1024,7 +1024,7 @@ def _name(cat: Catalog, summaries: list[ClusterSummary], emb: Any, encoder_model
     try:
         model = encoder_model
         if model is None:
-            from engine.encoders import get_encoder
+            from curate.engine.encoders import get_encoder
 
             model = get_encoder(emb.encoder)
         loader = _load_images_for(cat, model, np.asarray(emb.sample_ids)) if hasattr(model, "classify") else None

@@ -53,7 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.catalog import Catalog, CurateError
 
 DEFAULT_THRESHOLD = 0.97
 """Cosine-similarity threshold for near-duplicates with the default effnet-lite0 encoder (see module doc)."""
@@ -302,7 +302,7 @@ def near_duplicate_pairs(embeddings: np.ndarray, threshold: float = DEFAULT_THRE
     if method == "partition" or (method == "auto" and n > exact_max):
         return _canonical_pairs(*_partition_range_pairs(X, threshold, probes=probes, seed=seed))
     try:
-        from indexes.knn import range_pairs
+        from curate.indexes.knn import range_pairs
     except ImportError:  # the shared index module is optional here: FAISS flat search is the same computation
         return _canonical_pairs(*_flat_range_search(X, np.arange(n), threshold))
     i, j, s = range_pairs(X, threshold)
@@ -489,7 +489,7 @@ def verify_pairs(pairs: DuplicatePairs, signatures: np.ndarray, has_signature: n
     -------
     (confirmed pairs, correlation of every candidate pair; -1 where it could not be measured)
     """
-    from engine.progress import track
+    from curate.engine.progress import track
 
     ok = np.ones(len(signatures), bool) if has_signature is None else np.asarray(has_signature, bool)
 
@@ -525,8 +525,8 @@ def file_features(paths: Sequence[str], hash_rows: np.ndarray, signature_rows: n
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.images import open_rgb
-    from engine.progress import track
+    from curate.engine.images import open_rgb
+    from curate.engine.progress import track
 
     n = len(paths)
     want_hash = np.zeros(n, bool)
@@ -1015,8 +1015,8 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
     -------
     dict : the run summary (also stored in ``runs.summary``): counts, leakage pairs (top 100), SemDeDup curve.
     """
-    from engine.progress import step
-    from engine.shards import embedded_count, use_out_of_core
+    from curate.engine.progress import step
+    from curate.engine.shards import embedded_count, use_out_of_core
 
     big = use_out_of_core(cat, encoder, out_of_core)
     ooc_info: dict[str, Any] = {}
@@ -1030,7 +1030,7 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
             es, ooc_info = _candidates_out_of_core(cat, encoder, threshold, seed)
         graph, hash_distance, semdedup = None, None, False
     else:
-        from indexes.graph import load_or_build_graph
+        from curate.indexes.graph import load_or_build_graph
 
         with step(progress, "kNN graph"):
             es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
@@ -1145,9 +1145,9 @@ def _candidates_out_of_core(cat: Catalog, encoder: str | None, threshold: float,
     content hash another sample shares; the set building of :func:`run` then runs on these rows alone (pairs
     among them are recomputed exactly, so a pair the partitions missed between two candidates is still found).
     """
-    from engine.analyses.scale import partitioned_near_duplicates
-    from engine.embed import EmbeddingSet
-    from engine.shards import ShardedEmbeddings
+    from curate.engine.analyses.scale import partitioned_near_duplicates
+    from curate.engine.embed import EmbeddingSet
+    from curate.engine.shards import ShardedEmbeddings
 
     shards = ShardedEmbeddings.open(cat, encoder, verify=True)
     pairs = partitioned_near_duplicates(shards, threshold, seed=seed)

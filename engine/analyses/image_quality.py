@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.catalog import Catalog, CurateError
 
 WORK_SIZE = 256
 STAT_COLUMNS = ("brightness", "contrast", "blur", "entropy", "colorfulness", "aspect_ratio", "area", "is_grayscale")
@@ -183,7 +183,7 @@ def file_statistics(path: str | os.PathLike, max_side: int = WORK_SIZE) -> dict[
     """:func:`image_statistics` of an image file, decoding JPEGs at reduced size."""
     from PIL import ImageOps
 
-    from engine.images import upright_size
+    from curate.engine.images import upright_size
 
     with Image.open(path) as im:
         size = upright_size(im)  # as displayed: a portrait photo stored sideways with an EXIF rotation is portrait
@@ -210,7 +210,7 @@ def compute_statistics(paths: Iterable[str], workers: int | None = None, max_sid
             return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        from engine.progress import track
+        from curate.engine.progress import track
 
         out = list(track(pool.map(one, paths), "image stats", len(paths), progress))
     return [r[0] for r in out], [r[1] for r in out]
@@ -410,7 +410,7 @@ def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | N
             cat.replace_analysis("image_stats", new, run_id, {"stats_computed": len(new)},
                                  where="sample_id IN (SELECT unnest(?))", where_params=[new["sample_id"].tolist()])
         known = cat.query_df("SELECT s.* FROM image_stats s JOIN samples p ON p.id = s.sample_id ORDER BY s.sample_id")
-        from engine.progress import step
+        from curate.engine.progress import step
 
         with step(progress if callable(progress) else None, "issue rules"):
             issues = image_issues(known, cfg)

@@ -80,8 +80,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from engine.analyses.probe import DEFAULT_C, cross_val_predict_proba
-from engine.catalog import Catalog, CurateError
+from curate.engine.analyses.probe import DEFAULT_C, cross_val_predict_proba
+from curate.engine.catalog import Catalog, CurateError
 
 DEFAULT_N_FOLDS = 5
 DEFAULT_K = 10
@@ -423,7 +423,7 @@ def _estimate_round(probe_X, gi, gs, codes, K, todo, probe_rows, is_singleton_ro
                     details):
     """One round of out-of-sample probabilities: cross-validated probe + kNN vote, ``suspects`` left out of the
     probe's training folds and of the votes (they are still scored)."""
-    from engine.progress import step as progress_step
+    from curate.engine.progress import step as progress_step
 
     n = len(codes)
     p_probe = p_knn = None
@@ -594,7 +594,7 @@ def find_label_issues(
     from cleanlab.count import estimate_joint
     from cleanlab.filter import find_label_issues as cl_find_label_issues
 
-    from engine.progress import step as progress_step
+    from curate.engine.progress import step as progress_step
     from cleanlab.rank import get_label_quality_scores
 
     timings: dict[str, float] = {}
@@ -673,7 +673,7 @@ def find_label_issues(
             if graph is None:
                 if embeddings is None:
                     raise CurateError("the kNN vote needs embeddings or a kNN graph")
-                from indexes.knn import knn_graph as build_knn_graph
+                from curate.indexes.knn import knn_graph as build_knn_graph
 
                 graph = build_knn_graph(embeddings, k=k)
             gi, gs = np.asarray(graph.indices), np.asarray(graph.similarities)
@@ -848,8 +848,8 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     ``out_of_core`` (None = decided by :func:`engine.shards.use_out_of_core`): take the streamed path
     (:func:`run_out_of_core`) instead.  ``progress``: an :data:`engine.progress.Progress` callback.
     """
-    from engine.progress import step
-    from engine.shards import use_out_of_core
+    from curate.engine.progress import step
+    from curate.engine.shards import use_out_of_core
 
     try:
         big = use_out_of_core(cat, encoder, out_of_core)
@@ -862,7 +862,7 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
     labeled_ids = labels_df.loc[labels_df["label"].notna(), "sample_id"].to_numpy(np.int64)
     es = graph = None
     try:
-        from indexes.graph import load_or_build_graph
+        from curate.indexes.graph import load_or_build_graph
 
         with step(progress, "kNN graph"):
             es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
@@ -903,8 +903,8 @@ def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K
     cross-validated linear probe and imported predictions are not used on this path (the probe needs every vector
     in memory); the summary says ``"probabilities": "knn vote (out of core)"``.
     """
-    from engine.analyses.scale import label_issues_out_of_core
-    from indexes.graph import load_or_build_sharded_graph
+    from curate.engine.analyses.scale import label_issues_out_of_core
+    from curate.indexes.graph import load_or_build_sharded_graph
 
     t0 = time.perf_counter()
     shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)

@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
+from curate.engine.catalog import Catalog, CurateError
 
 DEFAULT_K = 10
 DEFAULT_Z = 3.5
@@ -130,53 +132,64 @@ def outliers_from_distances(d: np.ndarray, z_threshold: float = DEFAULT_Z, t: fl
                          distance_cutoff=cutoff)
 
 
+@dataclass(frozen=True)
+class OutliersConfig(Config):
+    """``k``: neighbours averaged (the kNN-graph degree); ``z_threshold``: the modified z-score flag cut-off;
+    ``block_rows``: graph rows read at a time (memory-mapped out of core)."""
+
+    k: int = DEFAULT_K
+    z_threshold: float = DEFAULT_Z
+    block_rows: int = 262_144
+
+    def validate(self) -> None:
+        if int(self.k) < 1:
+            raise CurateError(f"outlier k must be >= 1, got {self.k}; try --k 10")
+        if not float(self.z_threshold) > 0:
+            raise CurateError(f"outlier z threshold must be > 0, got {self.z_threshold}; try --z 3.5")
+        if int(self.block_rows) < 1:
+            raise CurateError(f"block_rows must be >= 1, got {self.block_rows}")
+
+
+def compute(inputs: Any, config: OutliersConfig) -> Result:
+    """Outlier scores over the shared kNN graph, read ``block_rows`` rows at a time (the same code in memory and
+    out of core: both graphs expose ``indices`` / ``similarities`` row blocks)."""
+    from types import SimpleNamespace
+
+    from curate.engine.progress import track
+
+    graph = inputs.graph(config.k)
+    ids = inputs.sample_ids()
+    n = len(ids)
+    d = np.empty(n, np.float64)
+    for s in track(range(0, n, config.block_rows), "scores", progress=inputs.progress):
+        e = min(n, s + config.block_rows)
+        d[s:e] = mean_neighbor_distance(SimpleNamespace(indices=graph.indices[s:e],
+                                                        similarities=graph.similarities[s:e]), config.k)
+    res = outliers_from_distances(d, config.z_threshold)
+    df = pd.DataFrame({"sample_id": ids, "score": res.score.astype(float),
+                       "is_outlier": res.is_outlier.astype(bool), "rank": res.rank.astype(np.int32)})
+    top = np.argsort(res.rank, kind="stable")[:20]
+    summary = {"k": config.k, "z_threshold": config.z_threshold, **res.summary(),
+               "top": [{"sample_id": int(ids[r]), "score": float(res.score[r])} for r in top]}
+    lines = [f"{summary['flagged']} of {summary['n']} samples flagged as outliers "
+             f"(mean distance to {config.k} neighbours above {summary['distance_cutoff']:.3f})"]
+    return Result(summary, tables={"outliers": df}, lines=lines, detail=res)
+
+
+ANALYSIS = register("outliers", compute, config=OutliersConfig, title="samples far from every neighbour",
+                    tables=("outliers",), needs=frozenset({"graph"}), order=30)
+
+
 def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshold: float = DEFAULT_Z,
         out_of_core: bool | None = None, block_rows: int = 262_144, progress=None) -> dict:
     """Score every embedded sample for outlierness and write the ``outliers`` table; returns the run summary.
 
-    ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): read the memory-mapped sharded graph
-    (:func:`indexes.graph.load_or_build_sharded_graph`) ``block_rows`` rows at a time; the scores are the same.
-    ``progress``: an :data:`engine.progress.Progress` callback.
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run`); ``out_of_core`` None lets
+    :meth:`curate.engine.inputs.Inputs.open` decide.  ``progress``: an :data:`engine.progress.Progress` callback.
     """
-    from engine.progress import step, track
-    from engine.shards import use_out_of_core
-
-    if k < 1:
-        raise CurateError(f"outlier k must be >= 1, got {k}; try --k 10")
-    big = use_out_of_core(cat, encoder, out_of_core)
-    if big:
-        from indexes.graph import load_or_build_sharded_graph
-
-        with step(progress, "sharded kNN graph"):
-            shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
-        name, ids = shards.encoder, shards.sample_ids()
-    else:
-        from indexes.graph import load_or_build_graph
-
-        with step(progress, "kNN graph"):
-            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
-        name, ids = es.encoder, np.asarray(es.sample_ids, np.int64)
-    run_id = cat.start_run("outliers", {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big})
-    with cat.failing_run(run_id):
-        if big:
-            from types import SimpleNamespace
-
-            d = np.empty(graph.n, np.float64)
-            for s in track(range(0, graph.n, block_rows), "scores", progress=progress):
-                e = min(graph.n, s + block_rows)
-                d[s:e] = mean_neighbor_distance(SimpleNamespace(indices=graph.indices[s:e],
-                                                                similarities=graph.similarities[s:e]), k)
-            res = outliers_from_distances(d, z_threshold)
-        else:
-            with step(progress, "scores"):
-                res = find_outliers(graph, k=k, z_threshold=z_threshold)
-        df = pd.DataFrame({"sample_id": ids, "score": res.score.astype(float),
-                           "is_outlier": res.is_outlier.astype(bool), "rank": res.rank.astype(np.int32)})
-        top = np.argsort(res.rank, kind="stable")[:20]
-        summary = {"encoder": name, "k": k, "z_threshold": z_threshold, "out_of_core": big, **res.summary(),
-                   "top": [{"sample_id": int(ids[r]), "score": float(res.score[r])} for r in top]}
-        cat.replace_analysis("outliers", df, run_id, summary)
-    return summary
+    config = OutliersConfig(k=k, z_threshold=z_threshold, block_rows=block_rows)
+    return registry_run(cat, ANALYSIS, config, encoder=encoder, out_of_core=out_of_core, graph_k=k,
+                        progress=progress).summary
 
 
 def top_outliers(cat: Catalog, limit: int = 20) -> pd.DataFrame:

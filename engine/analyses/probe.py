@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.catalog import CurateError
+from curate.engine.catalog import CurateError
 
 PROBE_BACKENDS = ("auto", "sklearn", "torch")
 DEFAULT_C = 0.01  # measured on the label-issue bench (see engine/analyses/label_issues.py, "Measured defaults")
@@ -349,7 +349,7 @@ def cross_val_predict_proba(X: np.ndarray, y: np.ndarray, n_classes: int | None 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         splits = list(skf.split(np.zeros(len(y)), y))
-    from engine.progress import track
+    from curate.engine.progress import track
 
     allowed = None if train_mask is None else np.asarray(train_mask, dtype=bool)
     for train, test in track(splits, "probe folds", progress=progress):

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from engine.analyses.label_issues import DEFAULT_KNN_PRIOR, knn_vote_proba
+from curate.engine.analyses.label_issues import DEFAULT_KNN_PRIOR, knn_vote_proba
 
 _EPS = 1e-6
 
@@ -368,7 +368,7 @@ def sampled_kmeans(shards: Any, k: int, *, method: str = "sampled", sample_size:
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
     if method == "sampled":
-        from engine.analyses.clusters import kmeans
+        from curate.engine.analyses.clusters import kmeans
 
         _, sample = shards.sample(sample_size, seed=seed)
         centroids = kmeans(sample, k, seed=seed, niter=niter, nredo=nredo).centroids

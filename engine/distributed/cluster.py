@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
-from engine.catalog import CurateError
+from curate.engine.catalog import CurateError
 
 log = logging.getLogger("curate.ray")
 

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
-from engine.embed import (
+from curate.engine.catalog import Catalog, CurateError
+from curate.engine.embed import (
     FLUSH_SECONDS,
     EmbedReport,
     embed_run,
@@ -146,7 +146,7 @@ class EncodeImages:
     def __init__(self, encoder: str, device: str = "auto", threads: int | None = None):
         import torch
 
-        from engine.encoders import get_encoder, resolve_device
+        from curate.engine.encoders import get_encoder, resolve_device
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -183,7 +183,7 @@ class SyntheticVectors:
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from engine.distributed.synthetic import synthetic_vectors
+        from curate.engine.distributed.synthetic import synthetic_vectors
 
         ids = np.asarray(batch["sample_id"], np.int64)
         return {"sample_id": ids, "vector": synthetic_vectors(ids, self.config)}
@@ -195,7 +195,7 @@ def _ray_batches(ray: Any, frame: pd.DataFrame, udf: type, udf_args: tuple, bloc
     """Stream ``udf`` over the rows of ``frame`` on an actor pool, yielding output batches in input order."""
     import ray.data
 
-    from engine.distributed.cluster import actor_pool
+    from curate.engine.distributed.cluster import actor_pool
 
     ctx = ray.data.DataContext.get_current()
     before = ctx.execution_options.preserve_order
@@ -212,7 +212,7 @@ def _ray_batches(ray: Any, frame: pd.DataFrame, udf: type, udf_args: tuple, bloc
 
 def _plan_workers(ray: Any, device: str, workers: int | None) -> tuple[int, float, float]:
     """(actors, GPUs per actor, CPUs per actor) for this cluster."""
-    from engine.distributed.cluster import cluster_slots
+    from curate.engine.distributed.cluster import cluster_slots
 
     gpus, cpus = cluster_slots(ray)
     if device != "cpu" and gpus > 0:
@@ -259,8 +259,8 @@ def embed_project_ray(cat: Catalog, encoder: str = "auto", address: str | None =
     -------
     The encoder name the vectors are stored under.
     """
-    from engine.distributed.cluster import ray_session
-    from engine.encoders import canonical_name, explain_auto
+    from curate.engine.distributed.cluster import ray_session
+    from curate.engine.encoders import canonical_name, explain_auto
 
     name = explain_auto()[0] if (encoder or "auto") == "auto" else canonical_name(encoder)
     report = report if report is not None else EmbedReport(encoder=name)
@@ -344,7 +344,7 @@ def embed_synthetic(cat: Catalog, config: Any, *, ray_address: str | None = None
             embed_run(cat, {"encoder": name, "todo": len(ids), "ray": None}, report,
                  lambda run_id: consume(batches, run_id))
             return name
-        from engine.distributed.cluster import ray_session
+        from curate.engine.distributed.cluster import ray_session
 
         with ray_session(ray_address) as ray:
             n_actors, _, cpus = _plan_workers(ray, "cpu", workers)
@@ -362,7 +362,7 @@ def add_synthetic_samples(cat: Catalog, n: int, config: Any | None = None, prefi
     Returns the number inserted.  Labels are not written (10^7 label rows belong in Parquet, see
     :func:`engine.analyses.scale.label_issues_out_of_core`).
     """
-    from engine.catalog import utcnow
+    from curate.engine.catalog import utcnow
 
     start = int(cat.scalar("SELECT count(*) FROM samples"))
     now = utcnow()

@@ -1,6 +1,6 @@
 """Encoder registry: turn a name into a ready-to-use image encoder.
 
->>> from engine.encoders import get_encoder
+>>> from curate.engine.encoders import get_encoder
 >>> enc = get_encoder("effnet-lite0", device="cpu")        # doctest: +SKIP
 >>> feats = enc.encode_images(batch)                        # [n, 1280], rows L2-normalised  # doctest: +SKIP
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.catalog import CurateError
-from engine.encoders import clip as _clip
-from engine.encoders import effnet as _effnet
-from engine.encoders.base import Encoder, Preprocessing, amp_dtype, resolve_device
+from curate.engine.catalog import CurateError
+from curate.engine.encoders import clip as _clip
+from curate.engine.encoders import effnet as _effnet
+from curate.engine.encoders.base import Encoder, Preprocessing, amp_dtype, resolve_device
 
 __all__ = [
     "Encoder",

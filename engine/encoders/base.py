@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from engine.catalog import CurateError
+from curate.engine.catalog import CurateError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -162,7 +162,7 @@ class Encoder:
 
     def load_batch(self, paths: Sequence[str]) -> torch.Tensor:
         """Read image files (EXIF orientation applied, alpha on white) into a preprocessed batch [n, 3, H, W]."""
-        from engine.embed import load_rgb
+        from curate.engine.embed import load_rgb
 
         return torch.stack([self.transform(load_rgb(p)) for p in paths])
 

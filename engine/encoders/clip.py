@@ -21,8 +21,8 @@ from typing import Iterator
 
 import torch
 
-from engine.catalog import CurateError
-from engine.encoders.base import Encoder, Preprocessing, resolve_device
+from curate.engine.catalog import CurateError
+from curate.engine.encoders.base import Encoder, Preprocessing, resolve_device
 
 PREFIX = "clip"
 DEFAULT_MODEL = "ViT-B-32"

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.catalog import CurateError
-from engine.encoders.base import Encoder, Preprocessing, resolve_device
+from curate.engine.catalog import CurateError
+from curate.engine.encoders.base import Encoder, Preprocessing, resolve_device
 
 NAME = "effnet-lite0"
 DEFAULT_IMAGE_SIZE = 224

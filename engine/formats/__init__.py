@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from engine.catalog import CurateError
+from curate.engine.catalog import CurateError
 
 FORMATS = ("coco", "yolo", "hf", "fiftyone")
 BOX_FORMATS = ("coco", "yolo")
@@ -116,7 +116,7 @@ def detect_format(source: Path) -> str | None:
     if source.is_file():
         suffix = source.suffix.lower()
         if suffix == ".json":
-            from engine.formats import coco, fiftyone
+            from curate.engine.formats import coco, fiftyone
 
             if coco.looks_like_coco(source):
                 return "coco"
@@ -130,7 +130,7 @@ def detect_format(source: Path) -> str | None:
         return "yolo"
     if any((source / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
         return "hf"
-    from engine.formats import fiftyone
+    from curate.engine.formats import fiftyone
 
     if fiftyone.looks_like_fiftyone(source):
         return "fiftyone"
@@ -143,22 +143,22 @@ def parse(kind: str, source: str, split: str | None = None, label_rule: str = "m
     if label_rule not in LABEL_RULES:
         raise CurateError(f"unknown label rule {label_rule!r}; use one of {', '.join(LABEL_RULES)}")
     if kind == "coco":
-        from engine.formats import coco
+        from curate.engine.formats import coco
 
         return coco.parse(Path(source), images_dir=images_dir, label_rule=label_rule, split=split)
     if kind == "yolo":
-        from engine.formats import yolo
+        from curate.engine.formats import yolo
 
         return yolo.parse(Path(source), label_rule=label_rule, split=split)
     if kind == "hf":
-        from engine.formats import hf
+        from curate.engine.formats import hf
 
         return hf.parse(source, out_root=Path(project_root) / "imported", split=split)
     if kind == "fiftyone":
-        from engine.formats import fiftyone
+        from curate.engine.formats import fiftyone
 
         return fiftyone.parse(Path(source), split=split)
     raise CurateError(f"unknown format {kind!r}; use one of {', '.join(FORMATS)}")
 
 
-from engine.formats import hf  # noqa: E402  (hf.looks_like_name is used by ingest before any parse)
+from curate.engine.formats import hf  # noqa: E402  (hf.looks_like_name is used by ingest before any parse)

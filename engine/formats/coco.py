@@ -17,8 +17,8 @@ import json
 import re
 from pathlib import Path
 
-from engine.catalog import CurateError
-from engine.formats import MULTI_SEP, Parsed, image_label, read_json, scalar_metadata
+from curate.engine.catalog import CurateError
+from curate.engine.formats import MULTI_SEP, Parsed, image_label, read_json, scalar_metadata
 
 IMAGE_FIELDS = ("id", "file_name", "width", "height")
 
@@ -37,7 +37,7 @@ def looks_like_coco(path: Path) -> bool:
 
 
 def _split_from_name(path: Path) -> str | None:
-    from engine.ingest import SPLIT_NAMES
+    from curate.engine.ingest import SPLIT_NAMES
 
     for token in re.split(r"[_\-.]+", path.stem.lower()):
         token = token.rstrip("0123456789")
@@ -69,7 +69,7 @@ def _stem_folder(json_path: Path) -> str:
 
 def parse(path: Path, images_dir=None, label_rule: str = "majority", split: str | None = None) -> Parsed:
     """Read a COCO instances JSON (see the module docstring)."""
-    from engine.ingest import Box, Candidate
+    from curate.engine.ingest import Box, Candidate
 
     path = Path(path).expanduser().resolve()
     if not path.is_file():

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.catalog import CurateError
-from engine.formats import Parsed, read_json, scalar_metadata
+from curate.engine.catalog import CurateError
+from curate.engine.formats import Parsed, read_json, scalar_metadata
 
 UNLABELED_DIR = "_unlabeled"
 
@@ -64,7 +64,7 @@ def _target(value, classes: list | None, where: str) -> tuple[str | None, dict]:
 
 
 def _parse_labels_dataset(root: Path, split: str | None, out: list, problems: list[str]) -> dict:
-    from engine.ingest import Candidate, _is_image, _walk_files
+    from curate.engine.ingest import Candidate, _is_image, _walk_files
 
     lj = root / "labels.json"
     data = read_json(lj, "FiftyOne labels file")
@@ -99,7 +99,7 @@ def _parse_labels_dataset(root: Path, split: str | None, out: list, problems: li
 
 def parse(root: Path, split: str | None = None) -> Parsed:
     """Read a FiftyOne classification export (see the module docstring)."""
-    from engine.ingest import SPLIT_NAMES, discover_imagefolder
+    from curate.engine.ingest import SPLIT_NAMES, discover_imagefolder
 
     root = Path(root).expanduser().resolve()
     if root.is_file() and root.name == "labels.json":

@@ -20,8 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from engine.catalog import CurateError
-from engine.formats import Parsed
+from curate.engine.catalog import CurateError
+from curate.engine.formats import Parsed
 
 _PIL_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
             "PPM": ".ppm"}
@@ -81,8 +81,8 @@ def parse(source: str, out_root: Path, split: str | None = None) -> Parsed:
     """Read a Hugging Face dataset and write its images under ``out_root`` (see the module docstring)."""
     from PIL import Image as PILImage
 
-    from engine.export import safe_name
-    from engine.ingest import Candidate
+    from curate.engine.export import safe_name
+    from curate.engine.ingest import Candidate
 
     ds = _datasets()
     data = load(source)

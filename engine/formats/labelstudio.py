@@ -33,8 +33,8 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from engine.catalog import Catalog, CurateError
-from engine.formats import MULTI_SEP, read_json
+from curate.engine.catalog import Catalog, CurateError
+from curate.engine.formats import MULTI_SEP, read_json
 
 LABEL_FIELD = "label"
 DECISION_FIELD = "decision"
@@ -51,7 +51,7 @@ def _num(v) -> float | None:
 
 def review_tasks(cat: Catalog, target: str = "label-issues", url_prefix: str | None = None) -> list[dict]:
     """Label Studio tasks with pre-annotations for the unreviewed ``label-issues`` or ``duplicates``."""
-    from engine.export import task_image
+    from curate.engine.export import task_image
 
     tasks = []
     if target == "label-issues":

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.catalog import CurateError
-from engine.formats import Parsed, image_label
+from curate.engine.catalog import CurateError
+from curate.engine.formats import Parsed, image_label
 
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -53,7 +53,7 @@ def _names(data: dict, path: Path) -> list[str]:
 
 
 def _image_files(entry: str, root: Path, path: Path) -> list[Path]:
-    from engine.ingest import _is_image, _walk_files
+    from curate.engine.ingest import _is_image, _walk_files
 
     p = Path(entry)
     p = p if p.is_absolute() else root / p
@@ -85,7 +85,7 @@ def parse(path: Path, label_rule: str = "majority", split: str | None = None) ->
     """Read a YOLO dataset from its ``data.yaml`` (or the folder holding it); see the module docstring."""
     from PIL import Image
 
-    from engine.ingest import Box, Candidate
+    from curate.engine.ingest import Box, Candidate
 
     path = Path(path).expanduser().resolve()
     if path.is_dir():
@@ -167,7 +167,7 @@ def write(items: list[dict], out_dir: Path, info: dict | None, link: str, place)
     import yaml
     from PIL import Image
 
-    from engine.formats.coco import relabel_box_category
+    from curate.engine.formats.coco import relabel_box_category
 
     names = list((info or {}).get("names") or [])
     index = {n: i for i, n in enumerate(names)}
