@@ -240,6 +240,25 @@ def dataset_overview(root: str, runs_rev: tuple) -> dict:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def analysis_runs(root: str, runs_rev: tuple) -> pd.DataFrame:
+    """One row per registered analysis (the registry's order): what it finds, its last run and the rows it wrote."""
+    from curate.engine.analyses import registry
+
+    rows = []
+    with connection(root) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        for a in registry.analyses():
+            last = con.execute("SELECT status, started_at, seconds FROM runs WHERE kind = ? ORDER BY id DESC LIMIT 1",
+                               [a.kind]).fetchone()
+            first = a.tables[0] if a.tables else None
+            n = con.execute(f"SELECT count(*) FROM {first}").fetchone()[0] if first in tables else None
+            rows.append({"analysis": a.name, "finds": a.title, "last run": last[1] if last else None,
+                         "status": last[0] if last else "not run", "seconds": last[2] if last else None,
+                         "rows": n, "command": f"curate audit {a.name}"})
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
 def live_relabels(root: str, rev: tuple) -> pd.DataFrame:
     """``sample_id, given_label, new_label`` for every sample with a live relabel (the latest one wins)."""
     with connection(root) as con:

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:  # `streamlit run app/main.py` from a checkout that is not pip-installed
+# `streamlit run app/main.py` from a checkout that is not pip-installed: the checkout's curate/ package must be
+# importable (installed, this file is curate/app/main.py and `curate` already is)
+if (_REPO / "curate" / "__init__.py").is_file() and str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 import streamlit as st  # noqa: E402

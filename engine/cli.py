@@ -22,7 +22,39 @@ from curate.engine.progress import enabled as progress_enabled
 from curate.engine.progress import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
-audit_app = typer.Typer(no_args_is_help=False, help="Run analyses and print their summaries.\n\n"
+
+# `curate audit NAME` for dedicated commands below whose name differs from the registered analysis's name
+_AUDIT_ALIASES = {"label_issues": "labels", "label-issues": "labels", "image_quality": "quality",
+                  "image-quality": "quality"}
+
+
+class _AuditGroup(typer.core.TyperGroup):
+    """``curate audit``: the commands defined below, plus one generated command per registered analysis that has
+    no dedicated command (the registry is read when the command line is parsed, so an analysis registered by a
+    plugin or a test shows up in ``curate audit --help`` and runs as ``curate audit NAME``)."""
+
+    def list_commands(self, ctx):
+        from curate.engine.analyses import registry
+
+        own = list(super().list_commands(ctx))
+        covered = set(own) | set(_AUDIT_ALIASES)
+        return own + [n for n in registry.names() if n not in covered]
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, _AUDIT_ALIASES.get(cmd_name, cmd_name))
+        if cmd is not None:
+            return cmd
+        from curate.engine.analyses import registry
+
+        try:
+            analysis = registry.get(cmd_name)
+        except CurateError:
+            return None
+        return _registry_command(analysis)
+
+
+audit_app = typer.Typer(cls=_AuditGroup, no_args_is_help=False, help="Run analyses and print their summaries "
+                        "(`curate audit list` shows every registered analysis).\n\n"
                         "Example: curate audit all -p my-project")
 app.add_typer(audit_app, name="audit")
 console = Console() if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
@@ -285,12 +317,12 @@ def index(
 
     Example: curate index -p my-project -k 10
     """
-    from curate.engine.shards import use_out_of_core
+    from curate.engine.inputs import Inputs
     from curate.indexes.graph import load_or_build_graph, load_or_build_sharded_graph
     from curate.indexes.search import load_or_build_index
 
     cat = open_project(project)
-    big = use_out_of_core(cat, encoder, out_of_core)
+    big = Inputs.open(cat, encoder, out_of_core).out_of_core
     show = progress_enabled(quiet)
     pix = load_or_build_index(cat, encoder, factory, rebuild=rebuild, progress=show, out_of_core=big)
     if big:
@@ -357,6 +389,68 @@ def audit_all(
     print_status(cat, console)
     if any(t["status"] == "failed" for t in timings.values()):
         raise typer.Exit(1)
+
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``; the value read as JSON (numbers, true/false, null) or else as a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CurateError(f"--set takes KEY=VALUE, got {text!r}; e.g. --set k=20")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def _registry_command(analysis):
+    """A ``curate audit NAME`` command for a registered analysis: its config fields are set with ``--set``."""
+    import dataclasses
+
+    fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(analysis.config)
+                       if f.default is not dataclasses.MISSING) or "none"
+    sub = typer.Typer()
+
+    @sub.command(name=analysis.name, help=f"{analysis.title or analysis.name} (registered analysis; tables: "
+                 f"{', '.join(analysis.tables) or 'none'}).\n\nOptions for --set (defaults): {fields}.\n\n"
+                 f"Example: curate audit {analysis.name} -p my-project")
+    def _run(project: Path = ProjectOpt,
+             settings: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE: one of the analysis's "
+                                                          "options (repeatable)."),
+             encoder: Optional[str] = typer.Option(None, help="Embedding set (default: the most recent)."),
+             out_of_core: Optional[bool] = OocOpt,
+             quiet: bool = QuietOpt):
+        from curate.engine.analyses import registry
+
+        options = dict(_parse_setting(t) for t in settings or [])
+        cat = open_project(project)
+        with shown(analysis.name, progress_enabled(quiet)) as progress:
+            res = registry.run(cat, analysis, encoder=encoder, out_of_core=out_of_core, progress=progress, **options)
+        for line in res.printable():
+            console.print(line, markup=False, highlight=False)
+        for table, df in res.tables.items():
+            console.print(f"{table}: {len(df)} rows written", highlight=False)
+
+    return typer.main.get_command(sub)
+
+
+@audit_app.command("list")
+def audit_list():
+    """The registered analyses, in the order `curate audit all` runs them.
+
+    Example: curate audit list
+    """
+    from curate.engine.analyses import registry
+
+    table = Table(title="registered analyses")
+    for col in ("name", "command", "what", "tables", "reads"):
+        table.add_column(col)
+    for a in registry.analyses():
+        table.add_row(a.name, f"curate audit {_AUDIT_ALIASES.get(a.name, a.name)}", a.title, ", ".join(a.tables),
+                      ", ".join(sorted(a.needs)))
+    console.print(table)
 
 
 @audit_app.command("labels")

@@ -183,11 +183,13 @@ class Inputs:
                     shards, g = load_or_build_sharded_graph(self.cat, name, k=k)
                 self._cache.setdefault("emb", shards)
             else:
-                from curate.indexes.graph import load_or_build_graph
+                from curate.indexes.store import index_dir
+                from curate.indexes.graph import cached_graph
 
+                es = self.embeddings  # loaded once, shared with the analyses
                 with step(self.progress, "kNN graph"):
-                    es, g = load_or_build_graph(self.cat, encoder=name, k=k, progress=self.progress)
-                self._cache.setdefault("emb", es)
+                    g = cached_graph(index_dir(self.cat.root, es.encoder), es.encoder, es.sample_ids, es.vectors, k,
+                                     catalog_version=self.cat.version_token(), progress=self.progress)
             self._cache[key] = g
         return self._cache[key]
 

@@ -167,7 +167,7 @@ def load_or_build_sharded_graph(cat: Catalog, encoder: str | None = None, k: int
     """The project's kNN graph computed shard by shard and kept as memory-mapped ``.npy`` files.
 
     The out-of-core twin of :func:`load_or_build_graph` (what ``curate index`` / ``curate audit`` use above the
-    out-of-core threshold, :func:`engine.shards.use_out_of_core`): no step holds the ``n x dim`` matrix.  Files live
+    out-of-core threshold, :func:`curate.engine.inputs.use_out_of_core`): no step holds the ``n x dim`` matrix.  Files live
     in ``<project>/indexes/<encoder-slug>/knn-ooc/`` (``knn_indices.npy``, ``knn_similarities.npy``,
     ``sample_ids.npy``, ``knn_graph.json``) and are keyed by the shards' checksums
     (:meth:`engine.shards.ShardedEmbeddings.content_key`): same shards -> loaded (each file's SHA-256 verified);

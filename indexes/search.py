@@ -128,16 +128,17 @@ def load_or_build_index(cat: Catalog, encoder: str | None = None, factory: str =
     progress : bool
         Show progress while adding vectors.
     out_of_core : bool, optional
-        None = :func:`engine.shards.use_out_of_core` decides; True: :func:`load_or_build_sharded_index`.
+        None = the size switch decides (:meth:`curate.engine.inputs.Inputs.open`); True:
+        :func:`load_or_build_sharded_index`.
 
     Returns
     -------
     ProjectIndex
     """
     from curate.engine.embed import load_embeddings
-    from curate.engine.shards import use_out_of_core
+    from curate.engine.inputs import Inputs
 
-    if use_out_of_core(cat, encoder, out_of_core):
+    if Inputs.open(cat, encoder, out_of_core).out_of_core:
         return load_or_build_sharded_index(cat, encoder, factory, memory_budget_bytes=memory_budget_bytes,
                                           target_recall=target_recall, seed=seed, rebuild=rebuild)
     es = load_embeddings(cat, encoder)

@@ -52,6 +52,11 @@ with right:
         st.subheader("Live decisions")
         st.dataframe(ov["decisions"], hide_index=True, width="stretch")
 
+st.subheader("Analyses")
+st.dataframe(data.analysis_runs(root, data.revision(root)[1:]), hide_index=True, width="stretch",
+             column_config={"seconds": st.column_config.NumberColumn("Seconds", format="%.2f"),
+                            "rows": st.column_config.NumberColumn("Rows", format="%d")})
+
 st.subheader("Last runs")
 runs = ov["runs"]
 if runs.empty:

@@ -119,6 +119,7 @@ class Analysis:
         embeddings runs even when the embed step failed.
     in_memory_only : the parts that need every vector in memory; an out-of-core run lists them as left out.
     kind : ``runs.kind`` of its runs (default ``name``).
+    label : its step name in the audit's timing table (default: ``name`` with spaces).
     order : position in ``curate audit all`` (ascending; ties by name).
     write : optional ``(cat, result, run_id, summary) -> None`` replacing the default table write (it must finish
         the run, as :meth:`Catalog.replace_analysis` does).
@@ -132,6 +133,7 @@ class Analysis:
     needs: frozenset = frozenset({"embeddings"})
     in_memory_only: tuple[str, ...] = ()
     kind: str = ""
+    label: str = ""
     order: int = 100
     write: Callable[..., None] | None = None
 
@@ -145,6 +147,8 @@ class Analysis:
             raise ValueError(f"analysis {self.name!r}: unknown needs {sorted(bad)}; choose from {sorted(NEEDS)}")
         if not self.kind:
             object.__setattr__(self, "kind", self.name)
+        if not self.label:
+            object.__setattr__(self, "label", self.name.replace("_", " ").replace("-", " "))
 
     @property
     def needs_embeddings(self) -> bool:
