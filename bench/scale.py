@@ -133,6 +133,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
     import faiss  # noqa: F401
 
     from curate.engine.analyses import scale as an
+    from curate.engine.analyses.duplicates import partitioned_near_duplicates
     from curate.engine.catalog import open_project
     from curate.engine.distributed import synthetic as syn
     from curate.engine.distributed.embed import embed_synthetic
@@ -200,7 +201,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
                            precision=round(tp / max(1, res.is_issue.sum()), 4),
                            recall=round(tp / max(1, wrong.sum()), 4))
             elif name == "dedup":
-                pairs = an.partitioned_near_duplicates(shards, DUP_THRESHOLD, ray_tasks=workers if use_ray else 0)
+                pairs = partitioned_near_duplicates(shards, DUP_THRESHOLD, ray_tasks=workers if use_ray else 0)
                 ids = shards.sample_ids()
                 dup = syn.is_duplicate(ids, cfg)
                 # planted pair = (row of id-1, row of id); ids are consecutive here, so rows are too

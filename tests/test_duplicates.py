@@ -198,6 +198,44 @@ def test_approximate_partition_pairs_recall():
     assert len(found & truth) >= 0.95 * len(truth)
 
 
+def test_partitioned_search_is_one_function_for_a_matrix_and_any_embeddings():
+    """near_duplicate_pairs(method="partition") is partitioned_near_duplicates over the matrix as one block; with a
+    single partition it is the exact search."""
+    from curate.engine.analyses.duplicates import PartitionedPairs, partitioned_near_duplicates
+    from curate.engine.embed import EmbeddingSet
+
+    X, _ = planted(n_base=3000, n_copies=100, d=32, noise=0.02, seed=5)
+    approx = near_duplicate_pairs(X, 0.9, method="partition", seed=0)
+    direct = partitioned_near_duplicates(EmbeddingSet("x", np.arange(len(X)) + 1000, X), 0.9,
+                                         points_per_partition=1000, seed=0)
+    assert isinstance(approx, PartitionedPairs) and approx.n_partitions == direct.n_partitions == 4
+    assert np.array_equal(approx.i, direct.i) and np.array_equal(approx.j, direct.j)
+    small, _ = planted(n_base=700, n_copies=50, d=32, noise=0.02, seed=6)
+    one = near_duplicate_pairs(small, 0.9, method="partition")
+    exact = near_duplicate_pairs(small, 0.9, method="exact")
+    assert one.n_partitions == 1 and len(exact) > 0
+    assert np.array_equal(one.i, exact.i) and np.array_equal(one.j, exact.j)
+
+
+def test_config_validates_each_option_with_a_valid_value():
+    from curate.engine.analyses.duplicates import DuplicatesConfig
+    from curate.engine.catalog import CurateError
+
+    assert DuplicatesConfig(hash_distance=-1).hash_distance is None  # the CLI's "-1: embeddings only"
+    assert DuplicatesConfig(curve_thresholds="0.9, 0.95").curve_thresholds == (0.9, 0.95)
+    assert DuplicatesConfig.from_options(threshold=None, k=5).k == 5
+    for bad, option in ((dict(threshold=1.5), "threshold"), (dict(k=0), "duplicates k"),
+                        (dict(hash_distance=65), "hash_distance"), (dict(curve_thresholds=(0.9, 2)), "curve_thresholds"),
+                        (dict(workers=0), "workers"),
+                        (dict(verify_k=0), "verify_k"), (dict(candidate_threshold=2), "candidate_threshold"),
+                        (dict(pixel_threshold="x"), "pixel_threshold"), (dict(seed=0.5), "seed")):
+        with pytest.raises(CurateError, match=option) as err:
+            DuplicatesConfig(**bad)
+        assert "try " in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CurateError, match="valid options"):
+        DuplicatesConfig.from_options(thresold=0.9)
+
+
 # --------------------------------------------------------------------------------------- perceptual hashes
 def _texture(seed: int, side: int = 96):
     from PIL import Image

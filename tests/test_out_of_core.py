@@ -153,6 +153,39 @@ def test_out_of_core_analyses_agree_with_in_memory(labeled_synthetic):
     assert pool["out_of_core_pool"]["pool"] == 2_000 and pool["out_of_core_pool"]["rows"] == N
 
 
+def test_duplicates_one_compute_for_memory_and_shards(labeled_synthetic):
+    """The registered duplicates analysis: the partitioned search gives the same pairs over the shards and over the
+    loaded matrix (one implementation, the in-memory set is its one-block case); the registry runner finds the same
+    sets either way, returns the lines `curate audit duplicates` prints, and an out-of-core run lists what it left
+    out."""
+    from curate.engine.analyses import registry
+    from curate.engine.analyses.duplicates import ANALYSIS, PartitionedPairs, partitioned_near_duplicates
+    from curate.engine.embed import load_embeddings
+
+    cat, ids, _, _ = labeled_synthetic
+    on_disk = partitioned_near_duplicates(ShardedEmbeddings.open(cat), 0.97, points_per_partition=500, seed=0)
+    in_memory = partitioned_near_duplicates(load_embeddings(cat), 0.97, points_per_partition=500, seed=0)
+    assert isinstance(on_disk, PartitionedPairs) and on_disk.n_partitions == in_memory.n_partitions == 10
+    assert len(on_disk) > 0 and np.array_equal(on_disk.i, in_memory.i) and np.array_equal(on_disk.j, in_memory.j)
+    assert np.allclose(on_disk.similarity, in_memory.similarity, atol=1e-6)
+    assert registry.get("duplicates") is ANALYSIS and "SemDeDup curve" in ANALYSIS.in_memory_only
+    res = {ooc: registry.run(cat, "duplicates", out_of_core=ooc, hash_distance=-1, pixel_check=False)
+           for ooc in (False, True)}
+    members = {ooc: {frozenset(r.detail.sample_ids[m].tolist()) for m in r.detail.sets.members}
+               for ooc, r in res.items()}
+    assert members[False] == members[True] and frozenset(ids[10:12].tolist()) in members[True]
+    mem, big = res[False].summary, res[True].summary
+    assert big["left_out"] == list(ANALYSIS.in_memory_only) and "left_out" not in mem
+    assert "semdedup" in mem and "semdedup" not in big and big["hash_distance"] is None
+    assert set(res[True].tables) == {"duplicates", "semdedup"} and res[True].tables["semdedup"].empty
+    assert cat.scalar("SELECT count(*) FROM duplicates") == sum(len(m) for m in members[True])
+    lines = res[True].printable()
+    assert lines[0].startswith(f"{big['sets']} duplicate sets ({big['exact_sets']} exact")
+    assert "pHash distance off)" in lines[0] and lines[1].startswith("train/test leakage: ")
+    run = cat.last_run("duplicates")
+    assert run["params"]["out_of_core"] is True and run["summary"]["left_out"] == big["left_out"]
+
+
 def test_sharded_search_index_matches_in_memory(labeled_synthetic):
     cat, ids, _, _ = labeled_synthetic
     big = load_or_build_index(cat, out_of_core=True, rebuild=True)

@@ -252,7 +252,7 @@ def test_streamed_label_issues_equal_cleanlab_in_memory(synthetic_project, tmp_p
 
 
 def test_partitioned_dedup_on_ray_equals_local_and_exact(synthetic_project, ray_local):
-    from curate.engine.analyses.scale import partitioned_near_duplicates
+    from curate.engine.analyses.duplicates import partitioned_near_duplicates
     from curate.indexes.knn import range_pairs
 
     sh = ShardedEmbeddings.open(synthetic_project)

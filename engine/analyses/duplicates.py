@@ -1,7 +1,10 @@
 """Exact and near-duplicate sets, train/test leakage and SemDeDup-style dedup curves.
 
-Pure functions over arrays, plus one thin :func:`run` that loads the catalog's embeddings and shared kNN graph,
-calls them and writes the ``duplicates`` table.
+Pure functions over arrays (and, for the partitioned search, over the :class:`curate.engine.inputs.Embeddings`
+interface), plus the registered analysis ``duplicates``: :class:`DuplicatesConfig` (its options), :func:`compute`
+(one function for memory and disk) and :data:`ANALYSIS`.  The registry's runner
+(:func:`curate.engine.analyses.registry.run`) records the run, calls :func:`compute` and writes the ``duplicates``
+and ``semdedup`` tables in one transaction; :func:`run` is the keyword entry point over that runner.
 
 How a duplicate set is formed
 -----------------------------
@@ -10,11 +13,12 @@ How a duplicate set is formed
    shared kNN graph (every neighbour above the threshold); rows whose *k*-th neighbour is still above the
    threshold (the graph may have cut their list short) get an exact FAISS range search, so large sets are
    complete.  Without a graph, an exact range search is used (beyond ``exact_max`` rows an approximate one
-   inside k-means partitions).  **Plus perceptual-hash pairs** (when hashes are given — :func:`run` computes
-   them from the files): 64-bit DCT pHashes within ``hash_distance`` bits (FAISS binary range search).  ImageNet CNN
-   features are texture-sensitive: a JPEG re-encode of a small image can fall to cosine 0.6-0.8 while
-   distinct crops of one texture reach 0.98; the hash is blind to flips and crops but near-exact under
-   recompression, resizing and colour shifts, so the two signals cover each other (``bench/duplicates.py``).
+   inside k-means partitions, :func:`partitioned_near_duplicates`).  **Plus perceptual-hash pairs** (when hashes
+   are given — :func:`compute` computes them from the files): 64-bit DCT pHashes within ``hash_distance`` bits
+   (FAISS binary range search).  ImageNet CNN features are texture-sensitive: a JPEG re-encode of a small image
+   can fall to cosine 0.6-0.8 while distinct crops of one texture reach 0.98; the hash is blind to flips and crops
+   but near-exact under recompression, resizing and colour shifts, so the two signals cover each other
+   (``bench/duplicates.py``).
 3. **Grouping with a chaining guard (greedy complete linkage).**  Plain connected components of the pair graph
    chain unrelated images together (a~b and b~c put a and c in one set even when a and c look nothing alike).
    Instead, samples are visited in order of how many near-duplicates they have (then summed similarity, then
@@ -25,6 +29,14 @@ How a duplicate set is formed
    set can still seed or join another set.
 4. Exact copies are collapsed to one representative before step 3 and expanded afterwards, so a set can hold
    both exact and near copies.
+
+Out of core
+-----------
+When the embeddings are memory-mapped shards (``Embeddings.in_memory`` False: the size switch of
+:meth:`curate.engine.inputs.Inputs.open`), the candidate pairs come from :func:`partitioned_near_duplicates` over
+the shards — the same function that serves the in-memory ``method="partition"`` search, there over the matrix as
+one block.  Only the rows in a candidate pair or sharing a content hash are then loaded, and steps 1-4 run on
+them.  Perceptual hashes, the pixel check and the SemDeDup curve need every sample and are left out on that path.
 
 Keeper rule (:func:`choose_keepers`)
 ------------------------------------
@@ -53,6 +65,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
 from curate.engine.catalog import Catalog, CurateError
 
 DEFAULT_THRESHOLD = 0.97
@@ -204,58 +218,161 @@ def _flat_range_search(X: np.ndarray, queries: np.ndarray, threshold: float, blo
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
-def _partition_range_pairs(X: np.ndarray, threshold: float, points_per_partition: int = 1000, probes: int = 2,
-                           seed: int = 0, block: int = 2048):
-    """Approximate range search: k-means partitions, exact BLAS similarities inside each.
+# ------------------------------------------------------------------------------------------- partitioned search
+@dataclass
+class PartitionedPairs(DuplicatePairs):
+    """Near-duplicate pairs found inside k-means partitions (:func:`partitioned_near_duplicates`).
 
-    Every row is assigned to its ``probes`` nearest centroids (``faiss.Kmeans``, spherical, seeded); the rows
-    whose *nearest* centroid is partition c are compared exactly with every row assigned to c.  A pair is missed
-    only when neither row lies in one of the other's ``probes`` partitions — rare for near-identical vectors;
-    ``bench/duplicates.py`` measures the recall against exact search.  Cost ~ ``n * probes * points_per_partition
-    * d`` in matrix products (linear in n), the same partitioning idea as SemDeDup.
+    Attributes
+    ----------
+    i, j, similarity : as :class:`DuplicatePairs`: int64 global row positions ``i < j`` sorted by ``(i, j)``, and
+        their float32 cosine similarity.
+    n_partitions : k-means partitions used.
+    partition : int32 [n] nearest partition of each row.
+    seconds : timings of the stages (``kmeans``, ``assign``, ``pairs``).
+    """
+
+    n_partitions: int = 1
+    partition: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    seconds: dict = field(default_factory=dict)
+
+    def removal_mask(self, n: int) -> np.ndarray:
+        """Rows to drop so that one row per connected group of duplicates remains (the lowest row is kept)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        drop = np.zeros(n, bool)
+        if not len(self.i):
+            return drop
+        g = coo_matrix((np.ones(len(self.i), np.int8), (self.i, self.j)), shape=(n, n))
+        _, comp = connected_components(g, directed=False)
+        first = np.full(comp.max() + 1, n, np.int64)
+        np.minimum.at(first, comp, np.arange(n))
+        drop = first[comp] != np.arange(n)
+        return drop
+
+
+def partition_pairs(Xq: np.ndarray, q_rows: np.ndarray, Xm: np.ndarray, m_rows: np.ndarray, threshold: float,
+                    block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (query, member) pairs of one partition with cosine ``>= threshold`` (self pairs dropped), as global rows."""
+    t = float(threshold) - _EPS
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(q_rows), block):
+        S = Xq[s:s + block] @ Xm.T
+        qi, mj = np.nonzero(S >= t)
+        keep = q_rows[s + qi] != m_rows[mj]
+        out_i.append(q_rows[s + qi[keep]])
+        out_j.append(m_rows[mj[keep]])
+        out_s.append(S[qi[keep], mj[keep]].astype(np.float32))
+    if not out_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def _run_partitions(embeddings: Any, parts: np.ndarray, member_rows: np.ndarray, mbounds: np.ndarray,
+                    query_rows: np.ndarray, qbounds: np.ndarray, threshold: float):
+    """Canonical pairs ``(i, j, similarity)`` of the partitions ``parts`` (the unit of work of one local loop or one
+    Ray task); only each partition's member rows are read (``embeddings.take``)."""
+    out = []
+    for c in parts:
+        members = member_rows[mbounds[c]:mbounds[c + 1]]
+        queries = query_rows[qbounds[c]:qbounds[c + 1]]
+        if len(members) < 2 or not len(queries):
+            continue
+        Xm = embeddings.take(members)
+        pos = np.searchsorted(members, queries)  # queries are members too (their nearest partition is c)
+        out.append(partition_pairs(Xm[pos], queries, Xm, members, threshold))
+    if not out:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    p = _canonical_pairs(*(np.concatenate(parts_) for parts_ in zip(*out)))
+    return p.i, p.j, p.similarity
+
+
+def partitioned_near_duplicates(embeddings: Any, threshold: float = DEFAULT_THRESHOLD, *,
+                                points_per_partition: int = 2_000, probes: int = 2, seed: int = 0,
+                                sample_per_partition: int = 64, block_rows: int = 65_536, ray_tasks: int = 0,
+                                niter: int = 10) -> PartitionedPairs:
+    """Near-duplicate pairs inside k-means partitions (SemDeDup-style partitioning), in memory or over shards.
+
+    The one approximate range search of this module: :func:`near_duplicate_pairs` uses it on an in-memory matrix
+    (wrapped as the one-block :class:`~curate.engine.embed.EmbeddingSet`), the out-of-core analysis on the
+    memory-mapped shards.  Spherical k-means (``faiss.Kmeans``, seeded) is trained on ``sample_per_partition``
+    sampled rows per partition; every row, block by block, joins its ``probes`` nearest partitions as a member and
+    is compared, as a query, with the members of its nearest one (exact BLAS similarities, one partition's members
+    in memory at a time).  Cost ~ ``n * probes * points_per_partition * d``: linear in n.
+
+    Parameters
+    ----------
+    embeddings : any :class:`curate.engine.inputs.Embeddings` (``len``, ``dim``, ``sample``, ``iter_blocks``,
+        ``take``): :class:`~curate.engine.embed.EmbeddingSet` or :class:`~curate.engine.shards.ShardedEmbeddings`.
+        The same vectors give the same pairs either way.
+    threshold : cosine similarity at or above which two rows are near-duplicates.
+    points_per_partition : target partition size (``n_partitions = ceil(n / points_per_partition)``, at most
+        ``n // 39``; one partition = exact all-pairs search).
+    probes : partitions each row is a member of.  A pair is missed only when neither row is a member of the other's
+        nearest partition (rare for near-copies; measured in ``bench/duplicates.py``, ``bench/scale.py`` and the
+        tests against exact search).
+    seed, niter : k-means seed and iterations.
+    block_rows : rows assigned to partitions at a time.
+    ray_tasks : > 0: run the partitions as that many Ray tasks (a Ray session must be initialised); the pairs are
+        the same as the local loop's.
+
+    Returns
+    -------
+    PartitionedPairs
     """
     import faiss
 
-    n, d = X.shape
-    k = int(max(1, min(n // 40, math.ceil(n / max(1, points_per_partition)))))
-    if k <= 1:
-        return _flat_range_search(X, np.arange(n), threshold)
-    km = faiss.Kmeans(d, k, niter=10, seed=seed, spherical=True, verbose=False, max_points_per_centroid=64)
-    km.train(X)
-    probes = max(1, min(probes, k))
-    _, assign = km.index.search(X, probes)
-    primary = assign[:, 0]
-    member_rows = np.repeat(np.arange(n), probes)
+    n, d = len(embeddings), int(embeddings.dim)
+    timings = {}
+    t = time.perf_counter()
+    k = int(max(1, min(math.ceil(n / max(1, points_per_partition)), n // 39 or 1)))
+    if k > 1:
+        _, sample = embeddings.sample(k * sample_per_partition, seed=seed)
+        km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=True, verbose=False,
+                          max_points_per_centroid=sample_per_partition)
+        km.train(np.ascontiguousarray(sample, np.float32))
+        centroids = km.centroids
+    else:
+        centroids = np.ones((1, d), np.float32) / math.sqrt(max(d, 1))
+    timings["kmeans"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    probes = max(1, min(int(probes), k))
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(np.ascontiguousarray(centroids, np.float32))
+    assign = np.empty((n, probes), np.int32)
+    for start, _ids, X in embeddings.iter_blocks(block_rows):
+        _, a = quantizer.search(np.ascontiguousarray(X, np.float32), probes)
+        assign[start:start + len(X)] = a
+    primary = assign[:, 0].copy()
     member_part = assign.ravel()
-    order = np.argsort(member_part, kind="stable")
+    member_rows = np.repeat(np.arange(n, dtype=np.int64), probes)
+    order = np.lexsort((member_rows, member_part))  # by partition, rows ascending inside
     member_rows, member_part = member_rows[order], member_part[order]
+    del order, assign
     mbounds = np.searchsorted(member_part, np.arange(k + 1))
-    porder = np.argsort(primary, kind="stable")
-    pbounds = np.searchsorted(primary[porder], np.arange(k + 1))
-    t = float(threshold) - _EPS
-    out_i, out_j, out_s = [], [], []
-    for c in range(k):
-        members = member_rows[mbounds[c]:mbounds[c + 1]]
-        queries = porder[pbounds[c]:pbounds[c + 1]]
-        if len(members) < 2 or not len(queries):
-            continue
-        Xm = X[members]
-        for s0 in range(0, len(queries), block):
-            q = queries[s0:s0 + block]
-            S = X[q] @ Xm.T
-            qi, mj = np.nonzero(S >= t)
-            keep = q[qi] != members[mj]
-            out_i.append(q[qi[keep]])
-            out_j.append(members[mj[keep]])
-            out_s.append(S[qi[keep], mj[keep]])
-    if not out_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
+    del member_part
+    query_rows = np.argsort(primary, kind="stable").astype(np.int64)
+    qbounds = np.searchsorted(primary[query_rows], np.arange(k + 1))
+    timings["assign"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    if ray_tasks:
+        import ray
+
+        refs = [ray.put(a) for a in (member_rows, mbounds, query_rows, qbounds)]
+        task = ray.remote(num_cpus=1)(_run_partitions)
+        chunks = np.array_split(np.arange(k), max(1, min(int(ray_tasks), k)))
+        results = ray.get([task.remote(embeddings, c, *refs, float(threshold)) for c in chunks if len(c)])
+    else:
+        results = [_run_partitions(embeddings, np.arange(k), member_rows, mbounds, query_rows, qbounds, threshold)]
+    p = _canonical_pairs(*(np.concatenate(r) for r in zip(*results)))
+    timings["pairs"] = round(time.perf_counter() - t, 3)
+    return PartitionedPairs(p.i, p.j, p.similarity, n_partitions=k, partition=primary, seconds=timings)
 
 
 def near_duplicate_pairs(embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, knn_graph: Any = None,
                          method: str = "auto", exact_max: int = EXACT_SEARCH_MAX, probes: int = 2,
-                         seed: int = 0) -> DuplicatePairs:
+                         seed: int = 0, points_per_partition: int = 1000) -> DuplicatePairs:
     """All pairs of rows with cosine similarity ``>= threshold``.
 
     Parameters
@@ -270,9 +387,10 @@ def near_duplicate_pairs(embeddings: np.ndarray, threshold: float = DEFAULT_THRE
         the threshold are completed with an exact range search.
     method : {"auto", "exact", "partition"}
         Used only without a graph: ``exact`` range search (``indexes.knn.range_pairs``), ``partition``
-        approximate search inside k-means partitions (:func:`_partition_range_pairs`), ``auto`` = exact up to
-        ``exact_max`` rows.
-    probes, seed : partition search parameters (partitions per row, k-means seed).
+        approximate search inside k-means partitions (:func:`partitioned_near_duplicates` over the matrix as a
+        one-block :class:`~curate.engine.embed.EmbeddingSet`), ``auto`` = exact up to ``exact_max`` rows.
+    probes, seed, points_per_partition : partition search parameters (partitions per row, k-means seed, target
+        partition size).
 
     Returns
     -------
@@ -300,7 +418,11 @@ def near_duplicate_pairs(embeddings: np.ndarray, threshold: float = DEFAULT_THRE
     if method not in ("auto", "exact", "partition"):
         raise ValueError(f"method must be auto, exact or partition, got {method!r}")
     if method == "partition" or (method == "auto" and n > exact_max):
-        return _canonical_pairs(*_partition_range_pairs(X, threshold, probes=probes, seed=seed))
+        from curate.engine.embed import EmbeddingSet
+
+        one_block = EmbeddingSet("array", np.arange(n, dtype=np.int64), X)
+        return partitioned_near_duplicates(one_block, threshold, points_per_partition=points_per_partition,
+                                           probes=probes, seed=seed)
     try:
         from curate.indexes.knn import range_pairs
     except ImportError:  # the shared index module is optional here: FAISS flat search is the same computation
@@ -977,7 +1099,7 @@ def semdedup_table(curve: SemDedupCurve | None, sample_ids: np.ndarray) -> pd.Da
                          "kmeans_partition": curve.partition[m].astype(np.int32)})
 
 
-# ------------------------------------------------------------------------------------------- catalog wrapper
+# ------------------------------------------------------------------------------------------- the registered analysis
 def default_threshold(encoder: str | None) -> float:
     """The calibrated near-duplicate threshold for ``encoder`` (``DEFAULT_THRESHOLD`` if not calibrated)."""
     if encoder:
@@ -985,6 +1107,271 @@ def default_threshold(encoder: str | None) -> float:
             if encoder == name or encoder.startswith(name):
                 return t
     return DEFAULT_THRESHOLD
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+        and math.isfinite(float(v))
+
+
+def _is_whole(v: Any) -> bool:
+    return _is_number(v) and float(v) == int(v)
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig(Config):
+    """Options of the ``duplicates`` analysis (every option of :func:`run` but the project, encoder and size switch).
+
+    Attributes
+    ----------
+    threshold : cosine similarity at or above which two samples are near-duplicates; None = calibrated for the
+        encoder (:func:`default_threshold`).
+    k : degree of the shared kNN graph the candidate pairs are read from.
+    hash_distance : perceptual-hash Hamming distance (bits) that also counts as a near-duplicate; None or a
+        negative number (the CLI's ``-1``) = no perceptual hashes.
+    curve_thresholds : similarity thresholds of the SemDeDup curve (a sequence, or a comma-separated string).
+    seed : seed of the k-means partitions (SemDeDup curve, partitioned candidate search).
+    semdedup : compute the SemDeDup curve (in memory only).
+    workers : threads reading image files (None = ``min(8, CPUs)``).
+    pixel_check, verify_k, candidate_threshold, pixel_threshold : the pixel check of close neighbours below the
+        threshold (:func:`candidate_pairs`, :func:`verify_pairs`; in memory only).
+    """
+
+    threshold: float | None = None
+    k: int = 10
+    hash_distance: int | None = DEFAULT_HASH_DISTANCE
+    curve_thresholds: tuple[float, ...] = DEFAULT_CURVE_THRESHOLDS
+    seed: int = 0
+    semdedup: bool = True
+    workers: int | None = None
+    pixel_check: bool = True
+    verify_k: int = DEFAULT_VERIFY_K
+    candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD
+    pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD
+
+    def __post_init__(self) -> None:
+        hd = self.hash_distance
+        if _is_number(hd) and float(hd) < 0:  # -1 (the CLI's "embeddings only") turns the hashes off
+            object.__setattr__(self, "hash_distance", None)
+        ct = self.curve_thresholds
+        if isinstance(ct, str):
+            ct = [c for c in (part.strip() for part in ct.split(",")) if c]
+            try:
+                ct = [float(c) for c in ct]
+            except ValueError:
+                raise CurateError(f"curve_thresholds must be numbers separated by commas, got "
+                                  f"{self.curve_thresholds!r}; try 0.9,0.95,0.99") from None
+        if not isinstance(ct, tuple):
+            try:
+                ct = tuple(ct)
+            except TypeError:
+                raise CurateError(f"curve_thresholds must be a list of similarities, got {ct!r}; "
+                                  f"try (0.9, 0.95, 0.99)") from None
+        object.__setattr__(self, "curve_thresholds", ct)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        t = self.threshold
+        if t is not None and not (_is_number(t) and 0.0 < float(t) <= 1.0):
+            raise CurateError(f"duplicate threshold must be in (0, 1], got {t}; try --threshold 0.9")
+        if not (_is_whole(self.k) and int(self.k) >= 1):
+            raise CurateError(f"duplicates k must be a whole number >= 1, got {self.k}; try --k 10")
+        hd = self.hash_distance
+        if hd is not None and not (_is_whole(hd) and 0 <= int(hd) <= 64):
+            raise CurateError(f"hash_distance must be 0..64 bits (-1 or None: off), got {hd}; try --hash-distance 2")
+        for c in self.curve_thresholds:
+            if not (_is_number(c) and 0.0 < float(c) <= 1.0):
+                raise CurateError(f"curve_thresholds must be similarities in (0, 1], got {c}; try 0.9")
+        if not _is_whole(self.seed):
+            raise CurateError(f"seed must be a whole number, got {self.seed}; try --seed 0")
+        if self.workers is not None and not (_is_whole(self.workers) and int(self.workers) >= 1):
+            raise CurateError(f"workers must be >= 1 (None: min(8, CPUs)), got {self.workers}; try --workers 4")
+        if not (_is_whole(self.verify_k) and int(self.verify_k) >= 1):
+            raise CurateError(f"verify_k must be a whole number >= 1, got {self.verify_k}; try verify_k=3")
+        if not (_is_number(self.candidate_threshold) and -1.0 <= float(self.candidate_threshold) <= 1.0):
+            raise CurateError(f"candidate_threshold must be a cosine similarity in [-1, 1], got "
+                              f"{self.candidate_threshold}; try candidate_threshold=0.6")
+        if not (_is_number(self.pixel_threshold) and -1.0 <= float(self.pixel_threshold) <= 1.0):
+            raise CurateError(f"pixel_threshold must be a correlation in [-1, 1], got {self.pixel_threshold}; "
+                              f"try pixel_threshold=0.85")
+
+
+@dataclass
+class DuplicatesRun:
+    """What one run found, for Python callers (the registry result's ``detail``).
+
+    Attributes
+    ----------
+    sets : the duplicate sets over the rows of ``sample_ids`` (their ``pairs`` cover the embedded rows).
+    sample_ids : int64 sample id per row: the embedded rows (out of core: the candidate rows) in the embeddings'
+        order, then samples without an embedding attached by their content hash.
+    keepers : the row kept in each set (:func:`choose_keepers`).
+    leakage : :func:`leakage_pairs` with the sample ids added (``sample_a``, ``sample_b``).
+    curve : the SemDeDup curve (None when it was not computed).
+    """
+
+    sets: DuplicateSets
+    sample_ids: np.ndarray
+    keepers: np.ndarray
+    leakage: pd.DataFrame
+    curve: SemDedupCurve | None = None
+
+
+def _all_vectors(embeddings: Any) -> np.ndarray:
+    """Every vector of an in-memory :class:`~curate.engine.inputs.Embeddings` as one array (``sample`` of all
+    rows: no copy for an :class:`~curate.engine.embed.EmbeddingSet`)."""
+    return np.asarray(embeddings.sample(len(embeddings))[1], np.float32)
+
+
+def summary_lines(s: dict) -> list[str]:
+    """The findings of a run summary as printable lines (what ``curate audit duplicates`` prints above its tables)."""
+    hd = "off" if s.get("hash_distance") is None else f"<= {s['hash_distance']}"
+    pixels = (f", {s['pixel_verified']} of {s['pixel_candidates']} closer neighbours confirmed by pixels)"
+              if s.get("pixel_check") else ")")
+    return [f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
+            f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
+            f"(cosine >= {s['threshold']:.3f} on {s['encoder']}, pHash distance {hd}" + pixels,
+            f"train/test leakage: {s['leakage_pairs']} cross-split pairs, {s['sets_crossing_splits']} sets"]
+
+
+def compute(inputs: Any, config: DuplicatesConfig) -> Result:
+    """Duplicate sets, keepers, leakage and the SemDeDup curve of a project; the same code in memory and out of core.
+
+    Reads the vectors only through ``inputs.embeddings`` (:class:`curate.engine.inputs.Embeddings`) and the kNN graph
+    through ``inputs.graph(k)``.  In memory: candidate pairs from the graph (plus perceptual hashes of the files and
+    the pixel check of close neighbours), sets over every embedded row, the SemDeDup curve.  Out of core
+    (``embeddings.in_memory`` False): candidate pairs from :func:`partitioned_near_duplicates` over the shards, and
+    only the rows in a pair or sharing a content hash are loaded for the set building; the parts that need every
+    sample (perceptual hashes, the pixel check over the in-memory graph, the SemDeDup curve) are left out (the
+    analysis's ``in_memory_only``, listed by the runner in the summary's ``left_out``).
+
+    Also reads the samples (hash, size, split), current labels, label issues (if that analysis ran) and live
+    ``merge`` decisions (keeper overrides); samples without an embedding still join sets through their content hash.
+    Returns the ``duplicates`` and ``semdedup`` tables (written in one transaction by the runner).
+    """
+    from curate.engine.progress import step
+
+    cat, progress = inputs.cat, inputs.progress
+    emb = inputs.embeddings
+    big = not emb.in_memory
+    threshold = float(default_threshold(emb.encoder) if config.threshold is None else config.threshold)
+    hash_distance, semdedup = config.hash_distance, config.semdedup
+    graph = None
+    ooc_info: dict[str, Any] = {}
+    if big:
+        with step(progress, "candidate pairs (k-means partitions)"):
+            es, ooc_info = _candidates_out_of_core(cat, emb, threshold, config.seed)
+        hash_distance, semdedup = None, False
+    else:
+        graph = inputs.graph(config.k)
+        es = inputs.embeddings
+    ids = np.asarray(es.ids(), np.int64)
+    X = _all_vectors(es)
+    if big:  # only the candidates and the samples sharing a content hash, not 10^7 rows of paths
+        samples = cat.query_df(
+            """SELECT id, content_hash, path, width, height, split FROM samples
+               WHERE id IN (SELECT unnest(?)) OR content_hash IN (
+                   SELECT content_hash FROM samples GROUP BY content_hash HAVING count(*) > 1)
+               ORDER BY id""", [ids.tolist()])
+    else:
+        samples = cat.samples("id, content_hash, path, width, height, split")
+    info = samples.set_index("id").reindex(ids)
+    paths = info["path"].fillna("").astype(str).tolist()
+    use_pixels = bool(config.pixel_check and graph is not None)
+    pixel_info: dict[str, Any] = {"pixel_check": use_pixels}
+    cand, reference, sig_rows = None, None, np.empty(0, np.int64)
+    if use_pixels:
+        cand = candidate_pairs(graph, threshold, verify_k=config.verify_k,
+                               candidate_threshold=config.candidate_threshold)
+        gidx = np.asarray(graph.indices, dtype=np.int64)
+        reference = gidx[:, min(config.verify_k, gidx.shape[1] - 1)]  # the first neighbour past the checked ones
+        sig_rows = np.unique(np.concatenate([cand.i, cand.j]))
+        sig_rows = np.unique(np.concatenate([sig_rows, reference[sig_rows][reference[sig_rows] >= 0]]))
+    phashes = valid = None
+    # one decode per file for both the perceptual hashes and the pixel signatures
+    t_read = time.perf_counter()
+    H, hashed, sig, sig_ok = file_features(
+        paths, np.arange(len(paths)) if hash_distance is not None else np.empty(0, np.int64), sig_rows,
+        workers=config.workers, progress=progress)
+    if hash_distance is not None:
+        phashes, valid = H, hashed
+    verified = None
+    if use_pixels:
+        t_pix = time.perf_counter()
+        verified, _ = verify_pairs(cand, sig, sig_ok, pixel_threshold=config.pixel_threshold, reference=reference,
+                                   progress=progress)
+        pixel_info.update({"pixel_candidates": len(cand), "pixel_verified": len(verified),
+                           "pixel_seconds": round(time.perf_counter() - t_pix, 3),
+                           "file_read_seconds": round(t_pix - t_read, 3)})
+    with step(progress, "duplicate sets"):
+        sets = find_near_duplicates(X, threshold, knn_graph=graph,
+                                    content_hashes=info["content_hash"].fillna("").astype(str).tolist(),
+                                    perceptual_hashes=phashes, hash_distance=hash_distance or 0,
+                                    hash_valid=valid, seed=config.seed, verified_pairs=verified)
+    # samples with no embedding: attach by content hash (exact copies only)
+    vectors, row_ids, hashes, members, exact = _attach_unembedded(X, ids, info, samples, sets)
+    n = len(row_ids)
+    info = samples.set_index("id").reindex(row_ids)
+    names, codes = cat.label_codes(row_ids)
+    names_arr = np.array(list(names) + [None], dtype=object)
+    labels = names_arr[codes].tolist()  # -1 -> None
+    issue_ids = set()
+    if cat.scalar("SELECT count(*) FROM label_issues WHERE is_issue"):
+        issue_ids = {r[0] for r in cat.query("SELECT sample_id FROM label_issues WHERE is_issue")}
+    has_issue = np.isin(row_ids, np.fromiter(issue_ids, np.int64, len(issue_ids)))
+    pos = {int(s): r for r, s in enumerate(row_ids)}
+    live = cat.live_decisions()
+    overrides = {pos[int(s)]: int(d) for s, d, a in zip(live.get("sample_id", []), live.get("id", []),
+                                                        live.get("action", [])) if a == "merge" and int(s) in pos}
+    area = (info["width"].astype(float) * info["height"].astype(float)).to_numpy()
+    keepers = choose_keepers(members, row_ids, area=area, has_label_issue=has_issue, labels=labels,
+                             overrides=overrides)
+    full = DuplicateSets(members=members, exact=exact, pairs=sets.pairs, threshold=threshold, stats=sets.stats)
+    table = duplicates_table(full, keepers, vectors, row_ids, content_hashes=hashes, splits=info["split"].tolist())
+    leaks = leakage_pairs(sets.pairs, info["split"].tolist()[: len(ids)])
+    leak_ids = leaks.assign(sample_a=row_ids[leaks["i"].to_numpy(np.int64)],
+                            sample_b=row_ids[leaks["j"].to_numpy(np.int64)])
+    summary: dict[str, Any] = {
+        "encoder": es.encoder,
+        "threshold": threshold,
+        "hash_distance": hash_distance,
+        "samples": (int(ooc_info["rows"]) + n - len(ids)) if big else n,  # out of core: all rows, not candidates
+        "sets": full.n_sets,
+        "exact_sets": int(sum(exact)),
+        "near_sets": int(len(exact) - sum(exact)),
+        "samples_in_sets": full.n_samples,
+        "would_remove": int(full.n_samples - full.n_sets),
+        "sets_crossing_splits": int(table.loc[table["crosses_splits"], "set_id"].nunique()) if len(table) else 0,
+        "leakage_pairs": int(len(leaks)),
+        "leakage_top": [
+            {"sample_a": int(a), "sample_b": int(b), "similarity": round(float(s), 4), "split_a": sa, "split_b": sb}
+            for a, b, s, sa, sb in leak_ids[["sample_a", "sample_b", "similarity", "split_i", "split_j"]]
+            .head(100).itertuples(index=False)
+        ],
+        "keeper_overrides": int(len(overrides)),
+        "timing": sets.stats,
+        **pixel_info,
+        "out_of_core": big,
+        **({"candidates": ooc_info} if big else {}),
+    }
+    curve = None
+    pruned = semdedup_table(None, ids)
+    if semdedup and len(X) >= 2:
+        with step(progress, "SemDeDup curve"):
+            curve = semdedup_curve(X, config.curve_thresholds, seed=config.seed)
+            summary["semdedup"] = curve.to_dict()
+            pruned = semdedup_table(curve, ids)
+    # the pruned rows go with the curve, so a chosen keep fraction can become remove decisions
+    detail = DuplicatesRun(full, row_ids, keepers, leak_ids, curve)
+    return Result(summary, tables={"duplicates": table, "semdedup": pruned}, lines=summary_lines(summary),
+                  detail=detail)
+
+
+ANALYSIS = register(
+    "duplicates", compute, config=DuplicatesConfig,
+    title="exact and near-duplicate sets, train/test leakage, SemDeDup curve",
+    tables=("duplicates", "semdedup"), needs=frozenset({"embeddings", "graph", "files"}), order=20,
+    in_memory_only=("SemDeDup curve", "perceptual-hash pairs", "pixel check"))
 
 
 def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None, k: int = 10,
@@ -995,163 +1382,42 @@ def run(cat: Catalog, encoder: str | None = None, threshold: float | None = None
         pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD) -> dict:
     """Find exact/near-duplicate sets and leakage for a project and write the ``duplicates`` table.
 
-    With ``pixel_check`` (default; in memory only), each sample's first ``verify_k`` graph neighbours with cosine
-    in [``candidate_threshold``, ``threshold``) are read from disk and kept as near-duplicates when their pixels
-    line up (:func:`verify_pairs`): crops, shifts, mirror images, small rotations and recompressions that the
-    embedding alone misses.
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :data:`ANALYSIS`; see
+    :func:`compute`); the options are those of :class:`DuplicatesConfig` (``hash_distance=None`` turns the
+    perceptual hashes off).  With ``pixel_check`` (default; in memory only), each sample's first ``verify_k`` graph
+    neighbours with cosine in [``candidate_threshold``, ``threshold``) are read from disk and kept as
+    near-duplicates when their pixels line up (:func:`verify_pairs`): crops, shifts, mirror images, small rotations
+    and recompressions that the embedding alone misses.
 
-    Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), samples (hash,
-    size, split), current labels, label issues (if that analysis ran) and live ``merge`` decisions (keeper
-    overrides), and computes perceptual hashes of the files (``hash_distance=None`` turns that off).  Samples
-    without an embedding still join sets through their content hash.
-
-    ``out_of_core`` (None = :func:`engine.shards.use_out_of_core` decides): candidate pairs come from k-means
-    partitions over the shards (:func:`engine.analyses.scale.partitioned_near_duplicates`), and only the rows in
-    a pair or sharing a content hash are loaded for the set building below; perceptual hashes and the SemDeDup
-    curve are skipped on that path (both need every sample).  ``progress``: an :data:`engine.progress.Progress`
-    callback.
+    ``out_of_core`` (None = :meth:`curate.engine.inputs.Inputs.open` decides): candidate pairs come from k-means
+    partitions over the shards (:func:`partitioned_near_duplicates`), and only the rows in a pair or sharing a
+    content hash are loaded for the set building; perceptual hashes, the pixel check and the SemDeDup curve are
+    skipped on that path (the summary's ``left_out``).  ``progress``: an :data:`engine.progress.Progress` callback.
 
     Returns
     -------
     dict : the run summary (also stored in ``runs.summary``): counts, leakage pairs (top 100), SemDeDup curve.
     """
-    from curate.engine.progress import step
-    from curate.engine.shards import embedded_count, use_out_of_core
-
-    big = use_out_of_core(cat, encoder, out_of_core)
-    ooc_info: dict[str, Any] = {}
-    if big:
-        name = embedded_count(cat, encoder)[0]
-        threshold = float(default_threshold(name) if threshold is None else threshold)
-    if threshold is not None and not 0.0 < float(threshold) <= 1.0:
-        raise CurateError(f"duplicate threshold must be in (0, 1], got {threshold}; try --threshold 0.9")
-    if big:
-        with step(progress, "candidate pairs (k-means partitions)"):
-            es, ooc_info = _candidates_out_of_core(cat, encoder, threshold, seed)
-        graph, hash_distance, semdedup = None, None, False
-    else:
-        from curate.indexes.graph import load_or_build_graph
-
-        with step(progress, "kNN graph"):
-            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
-    threshold = float(default_threshold(es.encoder) if threshold is None else threshold)
-    params = {"encoder": es.encoder, "threshold": threshold, "k": k, "hash_distance": hash_distance, "seed": seed,
-              "out_of_core": big, "pixel_check": pixel_check, "verify_k": verify_k,
-              "candidate_threshold": candidate_threshold, "pixel_threshold": pixel_threshold}
-    run_id = cat.start_run("duplicates", params)
-    with cat.failing_run(run_id):
-        if big:  # only the candidates and the samples sharing a content hash, not 10^7 rows of paths
-            samples = cat.query_df(
-                """SELECT id, content_hash, path, width, height, split FROM samples
-                   WHERE id IN (SELECT unnest(?)) OR content_hash IN (
-                       SELECT content_hash FROM samples GROUP BY content_hash HAVING count(*) > 1)
-                   ORDER BY id""", [es.sample_ids.tolist()])
-        else:
-            samples = cat.samples("id, content_hash, path, width, height, split")
-        ids = np.asarray(es.sample_ids, np.int64)
-        info = samples.set_index("id").reindex(ids)
-        paths = info["path"].fillna("").astype(str).tolist()
-        use_pixels = bool(pixel_check and graph is not None)
-        pixel_info: dict[str, Any] = {"pixel_check": use_pixels}
-        cand, reference, sig_rows = None, None, np.empty(0, np.int64)
-        if use_pixels:
-            cand = candidate_pairs(graph, threshold, verify_k=verify_k, candidate_threshold=candidate_threshold)
-            gidx = np.asarray(graph.indices, dtype=np.int64)
-            reference = gidx[:, min(verify_k, gidx.shape[1] - 1)]  # the first neighbour past the checked ones
-            sig_rows = np.unique(np.concatenate([cand.i, cand.j]))
-            sig_rows = np.unique(np.concatenate([sig_rows, reference[sig_rows][reference[sig_rows] >= 0]]))
-        phashes = valid = None
-        # one decode per file for both the perceptual hashes and the pixel signatures
-        t_read = time.perf_counter()
-        H, hashed, sig, sig_ok = file_features(
-            paths, np.arange(len(paths)) if hash_distance is not None else np.empty(0, np.int64), sig_rows,
-            workers=workers, progress=progress)
-        if hash_distance is not None:
-            phashes, valid = H, hashed
-        verified = None
-        if use_pixels:
-            t_pix = time.perf_counter()
-            verified, _ = verify_pairs(cand, sig, sig_ok, pixel_threshold=pixel_threshold, reference=reference,
-                                       progress=progress)
-            pixel_info.update({"pixel_candidates": len(cand), "pixel_verified": len(verified),
-                               "pixel_seconds": round(time.perf_counter() - t_pix, 3),
-                               "file_read_seconds": round(t_pix - t_read, 3)})
-        with step(progress, "duplicate sets"):
-            sets = find_near_duplicates(es.vectors, threshold, knn_graph=graph,
-                                        content_hashes=info["content_hash"].fillna("").astype(str).tolist(),
-                                        perceptual_hashes=phashes, hash_distance=hash_distance or 0,
-                                        hash_valid=valid, seed=seed, verified_pairs=verified)
-        # samples with no embedding: attach by content hash (exact copies only)
-        vectors, row_ids, hashes, members, exact = _attach_unembedded(es.vectors, ids, info, samples, sets)
-        n = len(row_ids)
-        info = samples.set_index("id").reindex(row_ids)
-        names, codes = cat.label_codes(row_ids)
-        names_arr = np.array(list(names) + [None], dtype=object)
-        labels = names_arr[codes].tolist()  # -1 -> None
-        issue_ids = set()
-        if cat.scalar("SELECT count(*) FROM label_issues WHERE is_issue"):
-            issue_ids = {r[0] for r in cat.query("SELECT sample_id FROM label_issues WHERE is_issue")}
-        has_issue = np.isin(row_ids, np.fromiter(issue_ids, np.int64, len(issue_ids)))
-        pos = {int(s): r for r, s in enumerate(row_ids)}
-        live = cat.live_decisions()
-        overrides = {pos[int(s)]: int(d) for s, d, a in zip(live.get("sample_id", []), live.get("id", []),
-                                                            live.get("action", [])) if a == "merge" and int(s) in pos}
-        area = (info["width"].astype(float) * info["height"].astype(float)).to_numpy()
-        keepers = choose_keepers(members, row_ids, area=area, has_label_issue=has_issue, labels=labels,
-                                 overrides=overrides)
-        full = DuplicateSets(members=members, exact=exact, pairs=sets.pairs, threshold=threshold, stats=sets.stats)
-        table = duplicates_table(full, keepers, vectors, row_ids, content_hashes=hashes, splits=info["split"].tolist())
-        leaks = leakage_pairs(sets.pairs, info["split"].tolist()[: len(ids)])
-        leak_ids = leaks.assign(sample_a=row_ids[leaks["i"].to_numpy(np.int64)],
-                                sample_b=row_ids[leaks["j"].to_numpy(np.int64)])
-        summary: dict[str, Any] = {
-            "encoder": es.encoder,
-            "threshold": threshold,
-            "hash_distance": hash_distance,
-            "samples": (int(ooc_info["rows"]) + n - len(ids)) if big else n,  # out of core: all rows, not candidates
-            "sets": full.n_sets,
-            "exact_sets": int(sum(exact)),
-            "near_sets": int(len(exact) - sum(exact)),
-            "samples_in_sets": full.n_samples,
-            "would_remove": int(full.n_samples - full.n_sets),
-            "sets_crossing_splits": int(table.loc[table["crosses_splits"], "set_id"].nunique()) if len(table) else 0,
-            "leakage_pairs": int(len(leaks)),
-            "leakage_top": [
-                {"sample_a": int(a), "sample_b": int(b), "similarity": round(float(s), 4), "split_a": sa, "split_b": sb}
-                for a, b, s, sa, sb in leak_ids[["sample_a", "sample_b", "similarity", "split_i", "split_j"]]
-                .head(100).itertuples(index=False)
-            ],
-            "keeper_overrides": int(len(overrides)),
-            "timing": sets.stats,
-            **pixel_info,
-            "out_of_core": big,
-            **({"candidates": ooc_info} if big else {}),
-        }
-        pruned = semdedup_table(None, ids)
-        if semdedup and len(es.vectors) >= 2:
-            with step(progress, "SemDeDup curve"):
-                curve = semdedup_curve(es.vectors, curve_thresholds, seed=seed)
-                summary["semdedup"] = curve.to_dict()
-                pruned = semdedup_table(curve, ids)
-        # the pruned rows go with the curve, so a chosen keep fraction can become remove decisions
-        cat.replace_analysis("duplicates", table, run_id, summary, also={"semdedup": pruned})
-    return summary
+    config = DuplicatesConfig(threshold=threshold, k=k, hash_distance=hash_distance,
+                              curve_thresholds=curve_thresholds, seed=seed, semdedup=semdedup, workers=workers,
+                              pixel_check=pixel_check, verify_k=verify_k, candidate_threshold=candidate_threshold,
+                              pixel_threshold=pixel_threshold)
+    return registry_run(cat, ANALYSIS, config, encoder=encoder, out_of_core=out_of_core, graph_k=k,
+                        progress=progress).summary
 
 
-def _candidates_out_of_core(cat: Catalog, encoder: str | None, threshold: float, seed: int) -> tuple[Any, dict]:
+def _candidates_out_of_core(cat: Catalog, embeddings: Any, threshold: float, seed: int) -> tuple[Any, dict]:
     """Rows that can be in a duplicate set of a project too large for memory, as a small :class:`EmbeddingSet`.
 
-    Every near pair at or above ``threshold`` found by the partitioned search, plus every embedded sample whose
-    content hash another sample shares; the set building of :func:`run` then runs on these rows alone (pairs
+    Every near pair at or above ``threshold`` found by :func:`partitioned_near_duplicates` over ``embeddings`` (any
+    :class:`~curate.engine.inputs.Embeddings`, normally the memory-mapped shards), plus every embedded sample whose
+    content hash another sample shares; the set building of :func:`compute` then runs on these rows alone (pairs
     among them are recomputed exactly, so a pair the partitions missed between two candidates is still found).
     """
-    from curate.engine.analyses.scale import partitioned_near_duplicates
     from curate.engine.embed import EmbeddingSet
-    from curate.engine.shards import ShardedEmbeddings
 
-    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
-    pairs = partitioned_near_duplicates(shards, threshold, seed=seed)
-    ids = shards.sample_ids()
+    pairs = partitioned_near_duplicates(embeddings, threshold, seed=seed)
+    ids = np.asarray(embeddings.ids(), np.int64)
     hashed = cat.query_df("""SELECT id FROM samples WHERE content_hash IN (
                                  SELECT content_hash FROM samples GROUP BY content_hash HAVING count(*) > 1)""")
     order = np.argsort(ids, kind="stable")
@@ -1162,7 +1428,7 @@ def _candidates_out_of_core(cat: Catalog, encoder: str | None, threshold: float,
     rows = rows[np.argsort(ids[rows], kind="stable")]  # EmbeddingSet rows are in ascending sample id
     info = {"rows": int(len(ids)), "candidate_rows": int(len(rows)), "partition_pairs": int(len(pairs)),
             "partitions": int(pairs.n_partitions), "seconds": pairs.seconds}
-    return EmbeddingSet(shards.encoder, ids[rows], shards.take(rows)), info
+    return EmbeddingSet(embeddings.encoder, ids[rows], embeddings.take(rows)), info
 
 
 def largest_sets(cat: Catalog, limit: int = 10) -> pd.DataFrame:
