@@ -24,8 +24,8 @@ Everything is written inside one output folder, by default ``<project>/exports/<
     label_studio.json                 the queue's unlabelled samples as Label Studio import tasks
     export.json                       counts and options of this export
 
-Class and split names become folder names only through :func:`safe_name`, and every path is checked to
-stay inside the output folder, so a label such as ``../../etc`` cannot write outside it.
+Class and split names become folder names only through :func:`engine.formats.base.safe_name`, and every path
+is checked to stay inside the output folder, so a label such as ``../../etc`` cannot write outside it.
 
 An export is all or nothing: it is written into a hidden sibling folder ``.<name>.partial-<pid>`` and renamed
 to the chosen folder only when complete, so a killed export never leaves a half-written folder under the
@@ -38,18 +38,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
 from curate.engine.catalog import Catalog, CurateError, code_version, fault_pause, utcnow
+from curate.engine.formats.base import safe_name
+from curate.engine.formats.labelstudio import task_image
 
 MANIFEST_FORMATS = ("csv", "parquet")
 DATASET_FORMATS = ("coco", "yolo", "hf")  # engine.formats writers: the cleaned set in a detection / HF format
@@ -63,10 +62,7 @@ MANIFEST_COLUMNS = ["path", "label", "split", "sample_id"]
 CHANGES_COLUMNS = ["sample_id", "path", "change", "given_label", "new_label", "action", "reason", "decision_id",
                    "decided_by", "decided_at"]
 QUEUE_COLUMNS = ["batch_id", "rank", "sample_id", "path", "strategy", "score", "reason", "label"]
-_MAX_NAME = 120
 PARTIAL_MARK = ".partial-"
-
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
 
 @dataclass
@@ -93,28 +89,6 @@ class ExportResult:
 
 
 # ------------------------------------------------------------------------------------------- names
-def safe_name(name: object) -> str:
-    """A single, harmless path component for a class / split / file name.
-
-    Path separators, ``:``, control and Windows-invalid characters become ``_``; leading and trailing dots
-    and spaces are stripped (so ``.``, ``..`` and hidden names cannot occur); Windows device names get a
-    ``_`` suffix; empty results become ``_``.  Unicode letters are kept (NFC-normalised).
-
-    Examples
-    --------
-    >>> safe_name("../../etc"), safe_name("/abs/path"), safe_name("cat"), safe_name("..")
-    ('_.._etc', '_abs_path', 'cat', '_')
-    """
-    s = unicodedata.normalize("NFC", "" if name is None else str(name))
-    s = re.sub(r'[\\/:*?"<>|\x00-\x1f\x7f]', "_", s)
-    s = s.strip(" .")
-    if s.split(".")[0].lower() in _WINDOWS_RESERVED:
-        s += "_"
-    if len(s) > _MAX_NAME:  # keep it unique when truncating
-        s = s[: _MAX_NAME - 9] + "-" + hashlib.sha1(s.encode()).hexdigest()[:8]
-    return s or "_"
-
-
 def folder_names(names: Sequence[object]) -> dict[object, str]:
     """Map each distinct name to a distinct :func:`safe_name` folder (case-insensitively distinct).
 
@@ -347,11 +321,6 @@ def write_imagefolder(manifest: pd.DataFrame, root: Path, link: str = "symlink",
             shutil.copy2(src, dest)
         n_written += 1
     return n_written, n_unlabelled, n_missing
-
-
-def task_image(path: object, url_prefix: str | None = None) -> str:
-    """``data.image`` of a Label Studio task: the absolute file path, or ``url_prefix`` + the URL-quoted path."""
-    return str(path) if url_prefix is None else url_prefix + quote(str(path).lstrip("/"))
 
 
 def label_studio_tasks(queue: pd.DataFrame, url_prefix: str | None = None) -> list[dict]:

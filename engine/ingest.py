@@ -4,6 +4,10 @@ Every file is content-hashed (SHA-256) and fully decoded once, so broken files a
 the ``quarantine`` table with a one-line reason instead of crashing a run.  Re-ingesting the same files is a
 no-op; new files append.  Work is committed in chunks, each chunk one transaction, so a killed ingest keeps
 the chunks it finished and a rerun picks up the rest.
+
+What every importer produces (:class:`engine.formats.base.Candidate`) and the folder walking shared with the
+format importers (:func:`engine.formats.base.walk_files`, :func:`~engine.formats.base.discover_imagefolder`) live in
+:mod:`engine.formats.base`, below both this module and :mod:`engine.formats`.
 """
 
 from __future__ import annotations
@@ -23,50 +27,14 @@ from PIL import Image, UnidentifiedImageError
 
 from curate.engine import images
 from curate.engine.catalog import Catalog, CurateError, utcnow
+from curate.engine.formats.base import Candidate, discover_imagefolder, display_path, is_image, walk_files
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev"}
 MANIFEST_EXTENSIONS = {".csv", ".parquet", ".pq"}
 # Decompression-bomb guard (CURATE_MAX_PIXELS): images above this many pixels are quarantined rather than decoded.
 MAX_PIXELS = images.MAX_PIXELS
 CHUNK = int(os.environ.get("CURATE_INGEST_CHUNK", 2000))
 # test hook: seconds to sleep after each committed chunk (lets fault tests kill a run between chunks)
 _CHUNK_PAUSE = float(os.environ.get("CURATE_TEST_INGEST_PAUSE", 0))
-
-
-@dataclass
-class Box:
-    """One object box in pixels, COCO's convention: top-left corner ``x, y``, width ``w``, height ``h``.
-
-    ``attributes`` keeps what the format had besides the box (COCO annotation id, iscrowd, area, segmentation;
-    a YOLO polygon), so an export can write it back.
-    """
-
-    category: str
-    x: float
-    y: float
-    w: float
-    h: float
-    attributes: dict = field(default_factory=dict)
-
-
-@dataclass
-class Candidate:
-    """One file to ingest: where it is, and what the layout / format says about it.
-
-    Every importer (ImageFolder, manifest, :mod:`engine.formats`) produces a list of these; :func:`ingest` does the
-    rest (hashing, decoding, quarantine, transactional writes) the same way for all of them.
-    """
-
-    path: Path
-    label: str | None = None
-    split: str | None = None
-    row: int | None = None  # manifest row number (1-based, header excluded) for error messages
-    metadata: dict[str, str] = field(default_factory=dict)  # extra columns / attributes, kept as sample metadata
-    boxes: list[Box] | None = None  # None: the format has no boxes; []: it has, and this image has none
-    source_id: str | None = None  # the sample's id in its format (COCO image id, YOLO relative path, HF row)
-    record: dict | None = None  # the format's own record (e.g. the COCO image dict), written back on export
-    where: str | None = None  # where it came from, for messages (e.g. "COCO image id 7")
 
 
 @dataclass
@@ -121,35 +89,6 @@ class IngestReport:
 
 
 # ----------------------------------------------------------------------------------------------- layout discovery
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _walk_files(root: Path, skipped: list[str] | None = None) -> list[Path]:
-    """All regular files under root, sorted.  Symlinked folders are followed once: a link back to a folder already
-    walked (a symlink loop, or a second link to the same folder) is skipped and noted in ``skipped``."""
-    files: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: walk nothing twice
-            if skipped is not None:
-                skipped.append(f"{_display_path(Path(dirpath))}: symlink loop or second link to "
-                               f"{_display_path(Path(os.path.realpath(dirpath)))}; skipped (its files are ingested once)")
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                files.append(Path(dirpath) / name)
-    return files
-
-
 def detect_kind(source: Path) -> str:
     """The ingest kind of ``source``: a format that :func:`engine.formats.detect_format` recognises unambiguously
     (COCO JSON, YOLO data.yaml, Hugging Face save_to_disk folder, FiftyOne labels.json), else a manifest,
@@ -167,31 +106,14 @@ def detect_kind(source: Path) -> str:
     if not source.is_dir():
         raise CurateError(f"{source} does not exist; pass an image folder or a CSV/Parquet manifest")
     subdirs = [d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    direct_images = [f for f in source.iterdir() if f.is_file() and _is_image(f)]
+    direct_images = [f for f in source.iterdir() if f.is_file() and is_image(f)]
     if subdirs and not direct_images:
         return "imagefolder"
     return "unlabeled"
 
 
-def discover_imagefolder(root: Path, split: str | None = None, skipped: list[str] | None = None) -> list[Candidate]:
-    """root/<class>/<img> or root/<split>/<class>/<img>; images directly under a split folder are unlabeled."""
-    out: list[Candidate] = []
-    for f in _walk_files(root, skipped):
-        rel = f.relative_to(root).parts
-        if len(rel) < 2:
-            continue  # a stray file at the root of an ImageFolder has no class
-        if rel[0].lower() in SPLIT_NAMES:
-            sp = rel[0].lower()
-            label = rel[1] if len(rel) >= 3 else None
-        else:
-            sp = split
-            label = rel[0]
-        out.append(Candidate(f, label=label, split=sp))
-    return out
-
-
 def discover_unlabeled(root: Path, split: str | None = None, skipped: list[str] | None = None) -> list[Candidate]:
-    return [Candidate(f, label=None, split=split) for f in _walk_files(root, skipped)]
+    return [Candidate(f, label=None, split=split) for f in walk_files(root, skipped)]
 
 
 def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate], list[str]]:
@@ -263,7 +185,7 @@ def read_manifest(path: Path, split: str | None = None) -> tuple[list[Candidate]
 # ----------------------------------------------------------------------------------------------- per-file work
 def inspect_file(path: Path) -> FileInfo:
     """Hash and fully decode one file; any failure becomes ``error`` (a one-line reason)."""
-    display = _display_path(path)
+    display = display_path(path)
     info = FileInfo(path=display)
     if display != os.path.abspath(os.fspath(path)):
         # the catalog stores text: a name that is not UTF-8 could not be found again from its stored path
@@ -301,16 +223,6 @@ def inspect_file(path: Path) -> FileInfo:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         info.error = f"corrupt or truncated image ({msg[:160]})"
     return info
-
-
-def _display_path(path: Path) -> str:
-    """Absolute path as text that DuckDB can store (undecodable bytes are backslash-escaped)."""
-    s = os.path.abspath(os.fspath(path))
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return os.fsencode(s).decode("utf-8", "backslashreplace")
 
 
 # ----------------------------------------------------------------------------------------------- ingest

@@ -264,6 +264,14 @@ def gather_similarities(queries: np.ndarray, vectors: np.ndarray, positions: np.
     return sims
 
 
+def check_pair_count(total: int, max_pairs: int, threshold: float) -> None:
+    """Raise a one-line error when a range search has found more than ``max_pairs`` pairs (shared by the numpy
+    and torch range searches of :mod:`indexes.knn` / :mod:`indexes.torch_knn`)."""
+    if total > max_pairs:
+        raise CurateError(f"more than {max_pairs:,} pairs have cosine similarity >= {threshold}; "
+                          "raise the threshold (or max_pairs)")
+
+
 def recall_at_k(true_pos: np.ndarray, true_sims: np.ndarray, found_pos: np.ndarray, found_sims: np.ndarray,
                 tol: float = 1e-5) -> float:
     """Recall@k of approximate neighbours against exact ones, fair to ties.

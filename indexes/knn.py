@@ -21,9 +21,6 @@ rows with fewer than ``k`` other samples are padded with index ``-1`` and simila
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -31,11 +28,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from curate.engine.catalog import CurateError
+from curate.engine.devices import cuda_available
 from curate.indexes.build import (
     DEFAULT_TARGET_RECALL,
     RECALL_QUERIES,
     as_unit_vectors,
     build_index,
+    check_pair_count,
     exact_search,
     gather_similarities,
     ivf_nlist,
@@ -124,16 +123,6 @@ def _finish(indices: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, 
         indices = np.hstack([indices, np.full((len(indices), pad), -1, np.int64)])
         sims = np.hstack([sims, np.full((len(sims), pad), -np.inf, np.float32)])
     return indices, sims
-
-
-def cuda_available() -> bool:
-    """Whether torch can use CUDA, without importing torch (seconds) on machines with no NVIDIA driver."""
-    driver = os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
-    if "torch" not in sys.modules and not driver:
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _resolve_backend(backend: str, device: str) -> tuple[str, str]:
@@ -426,10 +415,3 @@ def _numpy_range_pairs(X: np.ndarray, threshold: float, block_size: int,
     if not out_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
-
-
-def check_pair_count(total: int, max_pairs: int, threshold: float) -> None:
-    """Raise a one-line error when a range search has found more than ``max_pairs`` pairs."""
-    if total > max_pairs:
-        raise CurateError(f"more than {max_pairs:,} pairs have cosine similarity >= {threshold}; "
-                          "raise the threshold (or max_pairs)")

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from curate.indexes.build import gather_similarities
+from curate.indexes.build import check_pair_count, gather_similarities
 
 _RESIDENT_FRACTION = 0.5  # keep the database on the GPU when it takes at most this share of free memory
 
@@ -136,8 +136,6 @@ def torch_range_pairs(X: np.ndarray, threshold: float, block_size: int = 4096, d
     -------
     (i int64, j int64, sim float32), unsorted.
     """
-    from curate.indexes.knn import check_pair_count
-
     dev = torch.device(device)
     db = _Database(X, dev, torch.float32)
     out_i, out_j, out_s = [], [], []

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from curate.engine.analyses.label_issues import find_label_issues, knn_vote_proba, run, top_issues
-from curate.engine.analyses.probe import LinearProbe, cross_val_predict_proba, cuda_available
+from curate.engine.analyses.probe import LinearProbe, cross_val_predict_proba
 from curate.engine.catalog import CurateError, utcnow
+from curate.engine.devices import cuda_available
 from curate.indexes.knn import knn_graph
 
 

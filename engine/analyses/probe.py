@@ -32,37 +32,23 @@ from typing import Any
 import numpy as np
 
 from curate.engine.catalog import CurateError
+from curate.engine.devices import resolve_device
 
 PROBE_BACKENDS = ("auto", "sklearn", "torch")
 DEFAULT_C = 0.01  # measured on the label-issue bench (see engine/analyses/label_issues.py, "Measured defaults")
 
 
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device (False when torch is missing or CPU-only)."""
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # pragma: no cover - torch is a hard dependency, but stay importable without it
-        return False
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; an explicit ``"cuda"`` without CUDA is an error."""
-    if device == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if device.startswith("cuda") and not cuda_available():
-        raise CurateError(f"device {device!r} requested but torch sees no CUDA device; pass --device cpu or auto")
-    return device
-
-
 def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
-    """``"auto"`` -> ``"torch"`` on a CUDA device, ``"sklearn"`` on CPU."""
+    """``"auto"`` -> ``"torch"`` on a CUDA device, ``"sklearn"`` otherwise.
+
+    ``device`` is resolved by :func:`engine.devices.resolve_device` with ``mps=False``: ``"auto"`` means CUDA when
+    torch sees it, else the CPU (the torch backend is never picked for Apple MPS on its own).
+    """
     if backend not in PROBE_BACKENDS:
         raise CurateError(f"unknown probe backend {backend!r}; use one of {', '.join(PROBE_BACKENDS)}")
     if backend != "auto":
         return backend
-    return "torch" if resolve_device(device).startswith("cuda") else "sklearn"
+    return "torch" if resolve_device(device, mps=False).type == "cuda" else "sklearn"
 
 
 SMALL_PROBLEM = 1 << 26  # rows x features x classes below which BLAS runs single-threaded
@@ -94,7 +80,8 @@ class LinearProbe:
     backend : {"auto", "sklearn", "torch"}
         ``"auto"`` uses torch on a CUDA device and scikit-learn otherwise.
     device : str
-        Torch device for the torch backend (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+        Torch device for the torch backend (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...); ``"auto"`` is CUDA
+        when available, else the CPU (:func:`engine.devices.resolve_device` with ``mps=False``).
     max_iter : int
         L-BFGS iteration cap (both backends).
     tol : float
@@ -190,7 +177,7 @@ class LinearProbe:
     def _fit_torch(self, Z: np.ndarray, y_idx: np.ndarray) -> None:
         import torch
 
-        device = torch.device(resolve_device(self.device))
+        device = resolve_device(self.device, mps=False)
         torch.manual_seed(self.random_state)
         threads = torch.get_num_threads()
         if device.type == "cpu" and Z.shape[0] * Z.shape[1] * len(self.classes_) < SMALL_PROBLEM:

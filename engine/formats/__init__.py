@@ -1,10 +1,14 @@
 """Dataset formats in and out: COCO, YOLO, Hugging Face ``datasets``, FiftyOne exports, Label Studio.
 
 Each importer module turns a dataset on disk into the same intermediate list that :func:`engine.ingest.ingest`
-consumes — :class:`engine.ingest.Candidate` records (path, label, split, metadata, boxes, the format's own id and
-record) — plus a dataset-level ``info`` dict (COCO categories, YOLO names, HF features) that the catalog keeps
-(``imports`` table) so an export can write the same format back.  Hashing, decoding, quarantine, transactions and
-idempotent reruns are ingest's job, done once for every format.
+consumes — :class:`engine.formats.base.Candidate` records (path, label, split, metadata, boxes, the format's own
+id and record) — plus a dataset-level ``info`` dict (COCO categories, YOLO names, HF features) that the catalog
+keeps (``imports`` table) so an export can write the same format back.  Hashing, decoding, quarantine,
+transactions and idempotent reruns are ingest's job, done once for every format.
+
+The records and helpers every format shares (:class:`Candidate`, :class:`Box`, :class:`Parsed`,
+:func:`image_label`, file discovery, :func:`engine.formats.base.safe_name`) live in :mod:`engine.formats.base`,
+which imports neither ingest, export nor the format modules, so those can all build on it without import circles.
 
 =========  ==========================================================  =========================================
 kind       source                                                      detected when
@@ -19,95 +23,29 @@ fiftyone   FiftyOneImageClassificationDataset (``labels.json`` +       a folder 
            ``data/``) or ImageClassificationDirectoryTree              ``classes`` and ``labels``
 =========  ==========================================================  =========================================
 
-Detection formats (COCO, YOLO) keep every box (:class:`engine.ingest.Box`, pixels, top-left corner); the image's
-label follows from its boxes' categories by a rule the user picks (:func:`image_label`).
+Detection formats (COCO, YOLO) keep every box (:class:`engine.formats.base.Box`, pixels, top-left corner); the
+image's label follows from its boxes' categories by a rule the user picks (:func:`image_label`).
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from curate.engine.catalog import CurateError
+from curate.engine.formats.base import (  # noqa: F401  (the shared vocabulary, importable from the package)
+    LABEL_RULES,
+    MULTI_SEP,
+    Box,
+    Candidate,
+    Parsed,
+    image_label,
+    label_categories,
+    read_json,
+    scalar_metadata,
+)
 
 FORMATS = ("coco", "yolo", "hf", "fiftyone")
 BOX_FORMATS = ("coco", "yolo")
-LABEL_RULES = ("majority", "single", "multi")
-MULTI_SEP = "|"
-
-
-@dataclass
-class Parsed:
-    """What an importer read: the candidates for ingest, skipped rows (one line each) and dataset info."""
-
-    candidates: list = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-
-def image_label(categories: Sequence[str], rule: str = "majority", areas: Sequence[float] | None = None) -> str | None:
-    """The image-level label of an image whose boxes have ``categories``.
-
-    Parameters
-    ----------
-    categories : the category of each box (empty: the image has no boxes -> unlabeled).
-    rule : ``majority`` — the category with the most boxes (ties: the larger total box area, then the name);
-        ``single`` — the category when every box shares it, else None; ``multi`` — the sorted distinct
-        categories joined by ``|``.
-    areas : box areas, for the majority tie-break.
-
-    Examples
-    --------
-    >>> image_label(["dog", "cat", "dog"]), image_label(["dog", "cat"], "single"), image_label(["dog", "cat"], "multi")
-    ('dog', None, 'cat|dog')
-    """
-    if rule not in LABEL_RULES:
-        raise CurateError(f"unknown label rule {rule!r}; use one of {', '.join(LABEL_RULES)}")
-    if not categories:
-        return None
-    counts = Counter(categories)
-    if rule == "single":
-        return categories[0] if len(counts) == 1 else None
-    if rule == "multi":
-        return MULTI_SEP.join(sorted(counts))
-    area: Counter = Counter()
-    for c, a in zip(categories, areas if areas is not None else [0.0] * len(categories)):
-        area[c] += float(a or 0.0)
-    return sorted(counts, key=lambda c: (-counts[c], -area[c], c))[0]
-
-
-def label_categories(label: str | None, rule: str) -> list[str]:
-    """The categories an image-level label stands for (the inverse of :func:`image_label` for ``multi``)."""
-    if label is None:
-        return []
-    return str(label).split(MULTI_SEP) if rule == "multi" else [str(label)]
-
-
-def read_json(path: Path, what: str) -> object:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CurateError(f"cannot read {what} {path}: not UTF-8 text; save it as UTF-8 JSON") from exc
-    except json.JSONDecodeError as exc:
-        raise CurateError(f"cannot read {what} {path}: invalid JSON at line {exc.lineno} column {exc.colno} "
-                          f"({exc.msg}); fix the file (e.g. check it with `python -m json.tool`)") from exc
-    except OSError as exc:
-        raise CurateError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
-def scalar_metadata(record: dict, skip: Sequence[str] = ()) -> dict[str, str]:
-    """The scalar fields of ``record`` (str/int/float/bool, not None) as strings, for sample metadata."""
-    out = {}
-    for k, v in record.items():
-        if k in skip or v is None or isinstance(v, (list, dict)):
-            continue
-        if isinstance(v, float) and v != v:  # NaN
-            continue
-        out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
-    return out
 
 
 def detect_format(source: Path) -> str | None:

@@ -18,7 +18,16 @@ import re
 from pathlib import Path
 
 from curate.engine.catalog import CurateError
-from curate.engine.formats import MULTI_SEP, Parsed, image_label, read_json, scalar_metadata
+from curate.engine.formats.base import (
+    MULTI_SEP,
+    SPLIT_NAMES,
+    Box,
+    Candidate,
+    Parsed,
+    image_label,
+    read_json,
+    scalar_metadata,
+)
 
 IMAGE_FIELDS = ("id", "file_name", "width", "height")
 
@@ -37,8 +46,6 @@ def looks_like_coco(path: Path) -> bool:
 
 
 def _split_from_name(path: Path) -> str | None:
-    from curate.engine.ingest import SPLIT_NAMES
-
     for token in re.split(r"[_\-.]+", path.stem.lower()):
         token = token.rstrip("0123456789")
         if token in SPLIT_NAMES:
@@ -69,8 +76,6 @@ def _stem_folder(json_path: Path) -> str:
 
 def parse(path: Path, images_dir=None, label_rule: str = "majority", split: str | None = None) -> Parsed:
     """Read a COCO instances JSON (see the module docstring)."""
-    from curate.engine.ingest import Box, Candidate
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise CurateError(f"{path} is not a file; --kind coco needs a COCO instances JSON")

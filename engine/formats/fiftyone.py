@@ -20,7 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.engine.catalog import CurateError
-from curate.engine.formats import Parsed, read_json, scalar_metadata
+from curate.engine.formats.base import (
+    SPLIT_NAMES,
+    Candidate,
+    Parsed,
+    discover_imagefolder,
+    is_image,
+    read_json,
+    scalar_metadata,
+    walk_files,
+)
 
 UNLABELED_DIR = "_unlabeled"
 
@@ -64,8 +73,6 @@ def _target(value, classes: list | None, where: str) -> tuple[str | None, dict]:
 
 
 def _parse_labels_dataset(root: Path, split: str | None, out: list, problems: list[str]) -> dict:
-    from curate.engine.ingest import Candidate, _is_image, _walk_files
-
     lj = root / "labels.json"
     data = read_json(lj, "FiftyOne labels file")
     classes = data.get("classes")
@@ -75,8 +82,8 @@ def _parse_labels_dataset(root: Path, split: str | None, out: list, problems: li
                           "export it again as FiftyOneImageClassificationDataset")
     files = {}
     data_dir = root / "data"
-    for f in (_walk_files(data_dir) if data_dir.is_dir() else []):
-        if _is_image(f):
+    for f in (walk_files(data_dir) if data_dir.is_dir() else []):
+        if is_image(f):
             files.setdefault(str(f.relative_to(data_dir).with_suffix("")), f)
     for key, value in labels.items():
         where = f"{lj.name} ({root.name}) entry {key!r}"
@@ -99,8 +106,6 @@ def _parse_labels_dataset(root: Path, split: str | None, out: list, problems: li
 
 def parse(root: Path, split: str | None = None) -> Parsed:
     """Read a FiftyOne classification export (see the module docstring)."""
-    from curate.engine.ingest import SPLIT_NAMES, discover_imagefolder
-
     root = Path(root).expanduser().resolve()
     if root.is_file() and root.name == "labels.json":
         root = root.parent

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from curate.engine.catalog import CurateError
-from curate.engine.formats import Parsed
+from curate.engine.formats.base import Candidate, Parsed, safe_name
 
 _PIL_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
             "PPM": ".ppm"}
@@ -80,9 +80,6 @@ def _columns(d, source: str) -> tuple[str, str | None]:
 def parse(source: str, out_root: Path, split: str | None = None) -> Parsed:
     """Read a Hugging Face dataset and write its images under ``out_root`` (see the module docstring)."""
     from PIL import Image as PILImage
-
-    from curate.engine.export import safe_name
-    from curate.engine.ingest import Candidate
 
     ds = _datasets()
     data = load(source)

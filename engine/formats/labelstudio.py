@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
 from curate.engine.catalog import Catalog, CurateError
-from curate.engine.formats import MULTI_SEP, read_json
+from curate.engine.formats.base import MULTI_SEP, read_json
 
 LABEL_FIELD = "label"
 DECISION_FIELD = "decision"
@@ -49,10 +49,13 @@ def _num(v) -> float | None:
     return None if v is None or pd.isna(v) else float(v)
 
 
+def task_image(path: object, url_prefix: str | None = None) -> str:
+    """``data.image`` of a Label Studio task: the absolute file path, or ``url_prefix`` + the URL-quoted path."""
+    return str(path) if url_prefix is None else url_prefix + quote(str(path).lstrip("/"))
+
+
 def review_tasks(cat: Catalog, target: str = "label-issues", url_prefix: str | None = None) -> list[dict]:
     """Label Studio tasks with pre-annotations for the unreviewed ``label-issues`` or ``duplicates``."""
-    from curate.engine.export import task_image
-
     tasks = []
     if target == "label-issues":
         for r in cat.label_issue_candidates().itertuples(index=False):

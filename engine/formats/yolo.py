@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate.engine.catalog import CurateError
-from curate.engine.formats import Parsed, image_label
+from curate.engine.formats.base import Box, Candidate, Parsed, image_label, is_image, walk_files
 
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -53,12 +53,10 @@ def _names(data: dict, path: Path) -> list[str]:
 
 
 def _image_files(entry: str, root: Path, path: Path) -> list[Path]:
-    from curate.engine.ingest import _is_image, _walk_files
-
     p = Path(entry)
     p = p if p.is_absolute() else root / p
     if p.is_dir():
-        return [f for f in _walk_files(p) if _is_image(f)]
+        return [f for f in walk_files(p) if is_image(f)]
     if p.is_file() and p.suffix.lower() == ".txt":
         out = []
         for line in p.read_text(encoding="utf-8").splitlines():
@@ -84,8 +82,6 @@ def label_file(image: Path) -> Path:
 def parse(path: Path, label_rule: str = "majority", split: str | None = None) -> Parsed:
     """Read a YOLO dataset from its ``data.yaml`` (or the folder holding it); see the module docstring."""
     from PIL import Image
-
-    from curate.engine.ingest import Box, Candidate
 
     path = Path(path).expanduser().resolve()
     if path.is_dir():
