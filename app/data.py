@@ -37,21 +37,10 @@ PAGE_SIZE = 24
 MAP_POINTS = 20_000  # points drawn on the 2-D map; beyond this the map is a seeded sample
 ISSUE_KINDS = ("label issue", "duplicate", "outlier", "image issue")
 
-# The latest live decision per sample (undone decisions and undo records are ignored).
-LIVE_CTE = """live AS (
-    SELECT id AS decision_id, sample_id, action, new_label FROM decisions
-    WHERE undoes IS NULL AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
-    QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1)"""
-
-# The label as ingested / annotated (the latest labels row per sample).
-GIVEN_CTE = "given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels GROUP BY sample_id)"
-
-# The latest live relabel per sample: what Catalog.current_labels applies on top of the given label.
-RELABEL_CTE = """relabel AS (
-    SELECT sample_id, arg_max(new_label, id) AS new_label FROM decisions
-    WHERE action = 'relabel' AND undoes IS NULL
-      AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
-    GROUP BY sample_id)"""
+# The domain rules (which decision is live, a sample's given and current label) are the catalog's views
+# (``live_decisions``, ``given_labels``, ``live_relabels``, ``current_labels``; see engine.catalog); the pages join
+# ``live_decisions`` as ``live``.
+LIVE_COLUMNS = "live.action, live.new_label, live.id AS decision_id"
 
 STATUS_SQL = {"unreviewed": "live.sample_id IS NULL", "reviewed": "live.sample_id IS NOT NULL", "all": None}
 
@@ -161,25 +150,21 @@ def _attach_samples(con, df: pd.DataFrame) -> pd.DataFrame:
         return df.assign(path=pd.Series(dtype="object"), split=pd.Series(dtype="object"),
                          label=pd.Series(dtype="object"))
     ids = sorted({int(i) for i in df["sample_id"]})
-    info = _df(con, f"""
-        WITH ids AS (SELECT unnest(?::BIGINT[]) AS sample_id),
-        given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
-                  WHERE sample_id IN (SELECT sample_id FROM ids) GROUP BY sample_id),
-        {RELABEL_CTE}
-        SELECT s.id AS sample_id, s.path, s.split, coalesce(r.new_label, g.label) AS label
-        FROM samples s LEFT JOIN given g ON g.sample_id = s.id LEFT JOIN relabel r ON r.sample_id = s.id
-        WHERE s.id IN (SELECT sample_id FROM ids)""", [ids])
+    # the ids filter the view directly: DuckDB then scans only their labels rows, not the whole labels table
+    info = _df(con, """
+        SELECT cur.sample_id, s.path, s.split, cur.label
+        FROM current_labels cur JOIN samples s ON s.id = cur.sample_id
+        WHERE cur.sample_id IN (SELECT unnest(?::BIGINT[]))""", [ids])
     return df.drop(columns=[c for c in ("path", "split", "label") if c in df.columns]).merge(info, on="sample_id", how="left")
 
 
 def _metadata_clause(sample_col: str, meta: tuple) -> list[tuple[str, list]]:
     """``meta`` = ``(key, (value, ...))`` -> a clause keeping the rows whose ``sample_col`` sample has metadata
-    ``key`` equal to one of the values (``()``: no clause).  ``sample_col`` is a constant of the caller's SQL."""
+    ``key`` equal to one of the values (``()``: no clause); :meth:`Catalog.metadata_filter` writes it."""
     if not meta or not meta[1]:
         return []
     key, values = meta
-    return [(f"{sample_col} IN (SELECT sample_id FROM sample_metadata WHERE key = ? "
-             "AND value IN (SELECT unnest(?::VARCHAR[])))", [str(key), [str(v) for v in values]])]
+    return [Catalog.metadata_filter(sample_col, key, values)]
 
 
 @st.cache_data(ttl=LONG_TTL_S, show_spinner=False)
@@ -224,7 +209,7 @@ def dataset_overview(root: str, runs_rev: tuple) -> dict:
             "classes": one("SELECT count(*) FROM classes"),
             "quarantined": one("SELECT count(DISTINCT path) FROM quarantine"),
         }
-        given = _df(con, f"WITH {GIVEN_CTE} SELECT label, count(*) AS samples FROM given GROUP BY label")
+        given = _df(con, "SELECT label, count(*) AS samples FROM given_labels GROUP BY label")
         counts["labeled"] = int(given["samples"].sum())
         issues = _df(con, """
             SELECT 'label issues' AS issue, count(*) FILTER (WHERE is_issue) AS flagged, count(*) AS scored FROM label_issues
@@ -262,11 +247,12 @@ def analysis_runs(root: str, runs_rev: tuple) -> pd.DataFrame:
 def live_relabels(root: str, rev: tuple) -> pd.DataFrame:
     """``sample_id, given_label, new_label`` for every sample with a live relabel (the latest one wins)."""
     with connection(root) as con:
-        return _df(con, f"""WITH {RELABEL_CTE},
-            given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
-                      WHERE sample_id IN (SELECT sample_id FROM relabel) GROUP BY sample_id)
-            SELECT r.sample_id, g.label AS given_label, r.new_label
-            FROM relabel r LEFT JOIN given g ON g.sample_id = r.sample_id ORDER BY r.sample_id""")
+        relabels = _df(con, "SELECT sample_id, new_label FROM live_relabels ORDER BY sample_id")
+        # given labels of these samples only (bound ids: DuckDB reads only their labels rows)
+        given = _df(con, "SELECT sample_id, label AS given_label FROM given_labels "
+                         "WHERE sample_id IN (SELECT unnest(?::BIGINT[]))", [relabels["sample_id"].astype("int64").tolist()])
+    out = relabels.merge(given, on="sample_id", how="left")
+    return out[["sample_id", "given_label", "new_label"]]
 
 
 def overview(root: str, rev: tuple) -> dict:
@@ -313,10 +299,9 @@ def label_issues_page(root: str, rev: tuple, only_flagged: bool = True, given: t
         join = " JOIN samples s ON s.id = li.sample_id"
         clauses.append(("s.path ILIKE ? ESCAPE '\\'", [_contains_pattern(search)]))
     where, params = _where(clauses)
-    base = f"""WITH {LIVE_CTE}
-        SELECT li.sample_id, li.given_label, li.suggested_label, li.suggested_confidence, li.label_quality, li.rank,
-               live.action, live.new_label, live.decision_id
-        FROM label_issues li LEFT JOIN live ON live.sample_id = li.sample_id{join}{where}"""
+    base = f"""SELECT li.sample_id, li.given_label, li.suggested_label, li.suggested_confidence, li.label_quality,
+               li.rank, {LIVE_COLUMNS}
+        FROM label_issues li LEFT JOIN live_decisions live ON live.sample_id = li.sample_id{join}{where}"""
     with connection(root) as con:
         total, page = _paged(con, base, params, "label_quality ASC NULLS LAST, sample_id", limit, offset)
         return total, _attach_samples(con, page)
@@ -353,17 +338,16 @@ def duplicate_sets_page(root: str, rev: tuple, kinds: tuple[str, ...] = (), cros
     elif status == "reviewed":
         clauses.append(("reviewed > 0", []))
     where, params = _where(clauses)
-    base = f"""WITH {LIVE_CTE},
-        sets AS (SELECT d.set_id, any_value(d.kind) AS kind, count(*) AS set_size, max(d.similarity) AS similarity,
-                        bool_or(coalesce(d.crosses_splits, false)) AS crosses_splits, count(live.sample_id) AS reviewed
-                 FROM duplicates d LEFT JOIN live ON live.sample_id = d.sample_id GROUP BY d.set_id)
+    base = f"""WITH sets AS (
+            SELECT d.set_id, any_value(d.kind) AS kind, count(*) AS set_size, max(d.similarity) AS similarity,
+                   bool_or(coalesce(d.crosses_splits, false)) AS crosses_splits, count(live.sample_id) AS reviewed
+            FROM duplicates d LEFT JOIN live_decisions live ON live.sample_id = d.sample_id GROUP BY d.set_id)
         SELECT * FROM sets{where}"""
     with connection(root) as con:
         total, sets = _paged(con, base, params, "set_size DESC, similarity DESC NULLS LAST, set_id", limit, offset)
-        members = _df(con, f"""WITH {LIVE_CTE}
-            SELECT d.set_id, d.sample_id, d.kind, d.similarity, d.is_keeper, d.crosses_splits,
-                   live.action, live.new_label, live.decision_id
-            FROM duplicates d LEFT JOIN live ON live.sample_id = d.sample_id
+        members = _df(con, f"""
+            SELECT d.set_id, d.sample_id, d.kind, d.similarity, d.is_keeper, d.crosses_splits, {LIVE_COLUMNS}
+            FROM duplicates d LEFT JOIN live_decisions live ON live.sample_id = d.sample_id
             WHERE d.set_id IN (SELECT unnest(?::BIGINT[]))
             QUALIFY row_number() OVER (PARTITION BY d.set_id ORDER BY d.is_keeper DESC NULLS LAST, d.sample_id) <= ?""",
                       [[int(s) for s in sets["set_id"]], int(max_members)])
@@ -411,9 +395,8 @@ def outliers_page(root: str, rev: tuple, only_flagged: bool = True, status: str 
     if STATUS_SQL.get(status):
         clauses.append((STATUS_SQL[status], []))
     where, params = _where(clauses)
-    base = f"""WITH {LIVE_CTE}
-        SELECT o.sample_id, o.score, o.rank, o.is_outlier, live.action, live.new_label, live.decision_id
-        FROM outliers o LEFT JOIN live ON live.sample_id = o.sample_id{where}"""
+    base = f"""SELECT o.sample_id, o.score, o.rank, o.is_outlier, {LIVE_COLUMNS}
+        FROM outliers o LEFT JOIN live_decisions live ON live.sample_id = o.sample_id{where}"""
     with connection(root) as con:
         total, page = _paged(con, base, params, "score ASC NULLS LAST, sample_id", limit, offset)
         return total, _attach_samples(con, page)
@@ -434,11 +417,11 @@ def image_issues_page(root: str, rev: tuple, issues: tuple[str, ...] = (), statu
         clauses.append(("i.issue IN (SELECT unnest(?::VARCHAR[]))", [list(issues)]))
     where, params = _where(clauses)
     status_where = f" WHERE {STATUS_SQL[status]}" if STATUS_SQL.get(status) else ""
-    base = f"""WITH {LIVE_CTE},
-        per_sample AS (SELECT i.sample_id, string_agg(i.issue, ', ' ORDER BY i.issue) AS issues, min(i.score) AS score
-                       FROM image_issues i{where} GROUP BY i.sample_id)
-        SELECT p.sample_id, p.issues, p.score, live.action, live.new_label, live.decision_id
-        FROM per_sample p LEFT JOIN live ON live.sample_id = p.sample_id{status_where}"""
+    base = f"""WITH per_sample AS (
+            SELECT i.sample_id, string_agg(i.issue, ', ' ORDER BY i.issue) AS issues, min(i.score) AS score
+            FROM image_issues i{where} GROUP BY i.sample_id)
+        SELECT p.sample_id, p.issues, p.score, {LIVE_COLUMNS}
+        FROM per_sample p LEFT JOIN live_decisions live ON live.sample_id = p.sample_id{status_where}"""
     with connection(root) as con:
         total, page = _paged(con, base, params, "score ASC NULLS LAST, sample_id", limit, offset)
         return total, _attach_samples(con, page)
@@ -488,9 +471,8 @@ def cluster_page(root: str, rev: tuple, cluster: int, limit: int = PAGE_SIZE, of
 def samples_by_id(root: str, rev: tuple, sample_ids: tuple[int, ...]) -> pd.DataFrame:
     """The given samples (path, split, current label, live decision), in the given order."""
     with connection(root) as con:
-        df = _df(con, f"""WITH {LIVE_CTE}
-            SELECT s.id AS sample_id, live.action, live.new_label, live.decision_id FROM samples s
-            LEFT JOIN live ON live.sample_id = s.id WHERE s.id IN (SELECT unnest(?::BIGINT[]))""",
+        df = _df(con, f"""SELECT s.id AS sample_id, {LIVE_COLUMNS} FROM samples s
+            LEFT JOIN live_decisions live ON live.sample_id = s.id WHERE s.id IN (SELECT unnest(?::BIGINT[]))""",
                  [[int(i) for i in sample_ids]])
         df = _attach_samples(con, df)
     order = {int(s): i for i, s in enumerate(sample_ids)}
@@ -499,9 +481,8 @@ def samples_by_id(root: str, rev: tuple, sample_ids: tuple[int, ...]) -> pd.Data
 
 def _members(root: str, clauses: list[tuple[str, list]], limit: int, offset: int) -> tuple[int, pd.DataFrame]:
     where, params = _where(clauses)
-    base = f"""WITH {LIVE_CTE}
-        SELECT c.sample_id, c.cluster, c.distance, live.action, live.new_label, live.decision_id
-        FROM clusters c LEFT JOIN live ON live.sample_id = c.sample_id{where}"""
+    base = f"""SELECT c.sample_id, c.cluster, c.distance, {LIVE_COLUMNS}
+        FROM clusters c LEFT JOIN live_decisions live ON live.sample_id = c.sample_id{where}"""
     with connection(root) as con:
         total, page = _paged(con, base, params, "distance ASC NULLS LAST, sample_id", limit, offset)
         return total, _attach_samples(con, page)
@@ -523,10 +504,12 @@ class QueueItem:
 
 # Queued samples still to annotate: no label yet (annotations imported with `curate import-labels` count) and
 # no live decision.
-TODO_CTE = f"""{LIVE_CTE},
-    labelled AS (SELECT DISTINCT sample_id FROM labels WHERE sample_id IN (SELECT sample_id FROM queries)),
+# (A sample has a given label exactly when it has a ``labels`` row; testing that row's existence reads only the
+# queued samples' rows, where ``given_labels`` would aggregate the whole labels table on every decision.)
+TODO_CTE = """labelled AS (SELECT DISTINCT sample_id FROM labels WHERE sample_id IN (SELECT sample_id FROM queries)),
     todo AS (SELECT q.* FROM queries q
-             WHERE q.sample_id NOT IN (SELECT sample_id FROM live) AND q.sample_id NOT IN (SELECT sample_id FROM labelled))"""
+             WHERE q.sample_id NOT IN (SELECT sample_id FROM live_decisions)
+               AND q.sample_id NOT IN (SELECT sample_id FROM labelled))"""
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -578,7 +561,7 @@ def decisions_page(root: str, rev: tuple, actions: tuple[str, ...] = (), sample_
     if sample_id is not None:
         clauses.append(("d.sample_id = ?", [int(sample_id)]))
     if live_only:
-        clauses.append(("d.undoes IS NULL AND u.id IS NULL", []))
+        clauses.append(("d.id IN (SELECT id FROM decisions_in_force)", []))
     where, params = _where(clauses)
     base = f"""SELECT d.id, d.sample_id, d.action, d.new_label, d.reason, d.who, d.created_at, d.undoes,
                       u.id AS undone_by
@@ -591,7 +574,7 @@ def decisions_page(root: str, rev: tuple, actions: tuple[str, ...] = (), sample_
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def live_decision_counts(root: str, rev: tuple) -> dict[str, int]:
     with connection(root) as con:
-        rows = con.execute(f"WITH {LIVE_CTE} SELECT action, count(*) FROM live GROUP BY action").fetchall()
+        rows = con.execute("SELECT action, count(*) FROM live_decisions GROUP BY action").fetchall()
     return {a: int(n) for a, n in rows}
 
 
@@ -608,11 +591,10 @@ def find_samples(root: str, rev: tuple, text: str, limit: int = PAGE_SIZE, offse
     text = text.strip()
     sid = int(text) if text.isdigit() and len(text) < 19 else -1
     with connection(root) as con:
-        page = _df(con, f"""WITH {LIVE_CTE},
-            hits AS (SELECT id AS sample_id, count(*) OVER () AS total FROM samples
+        page = _df(con, f"""WITH hits AS (SELECT id AS sample_id, count(*) OVER () AS total FROM samples
                      WHERE id = ? OR path ILIKE ? ESCAPE '\\' ORDER BY id LIMIT ? OFFSET ?)
-            SELECT h.sample_id, h.total, live.action, live.new_label, live.decision_id
-            FROM hits h LEFT JOIN live ON live.sample_id = h.sample_id ORDER BY h.sample_id""",
+            SELECT h.sample_id, h.total, {LIVE_COLUMNS}
+            FROM hits h LEFT JOIN live_decisions live ON live.sample_id = h.sample_id ORDER BY h.sample_id""",
                    [sid, _contains_pattern(text), int(limit), int(offset)])
         total = int(page["total"].iloc[0]) if len(page) else (
             0 if offset == 0 else int(con.execute("SELECT count(*) FROM samples WHERE id = ? OR path ILIKE ? ESCAPE '\\'",

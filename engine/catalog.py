@@ -9,6 +9,11 @@ A *project* is one folder::
       thumbnails/           cached thumbnails for the UI
       exports/              cleaned manifests, ImageFolder trees, annotation queues
 
+Domain rules live in the catalog as views (migration 4), so each is written once and read everywhere (engine,
+export, review app, reports): ``decisions_in_force`` (neither an undo record nor undone), ``live_decisions`` (the
+latest decision in force per sample), ``given_labels`` (the latest ``labels`` row per sample), ``live_relabels``
+(the latest relabel in force per sample) and ``current_labels`` (live relabel, else given label, per sample).
+
 Concurrency model: DuckDB allows one read-write process per file.  Every operation opens a short-lived
 connection (``Catalog.connect``), does its work inside one transaction and closes it, so the UI and the
 CLI can share a project.  A second process that finds the file locked retries for ``wait_s`` seconds and
@@ -322,8 +327,39 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # issue 17: the domain rules as views, one definition each, read by every caller (engine, export, app,
+        # report).  CREATE OR REPLACE keeps a rerun harmless; a later migration that changes a table below must
+        # re-create the views that read it.  Views work in read-only connections (the UI's).
+        #   decisions_in_force  every decision that is neither an undo record nor undone (a sample can have several)
+        #   live_decisions      the latest decision in force per sample: the one that decides the sample
+        #   given_labels        a sample's label as ingested / annotated: its latest ``labels`` row
+        #   live_relabels       the latest relabel in force per sample (a later keep/remove does not cancel it)
+        #   current_labels      every sample: ``label`` = live relabel, else given label (NULL = unlabeled),
+        #                       and ``given_label``
+        """
+        CREATE OR REPLACE VIEW decisions_in_force AS
+            SELECT id, sample_id, action, new_label, reason, who, created_at, undoes FROM decisions
+            WHERE undoes IS NULL AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL);
+        CREATE OR REPLACE VIEW live_decisions AS
+            SELECT id, sample_id, action, new_label, reason, who, created_at, undoes FROM decisions_in_force
+            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1;
+        CREATE OR REPLACE VIEW given_labels AS
+            SELECT sample_id, arg_max(class_name, id) AS label FROM labels GROUP BY sample_id;
+        CREATE OR REPLACE VIEW live_relabels AS
+            SELECT sample_id, arg_max(new_label, id) AS new_label, max(id) AS decision_id FROM decisions_in_force
+            WHERE action = 'relabel' GROUP BY sample_id;
+        CREATE OR REPLACE VIEW current_labels AS
+            SELECT s.id AS sample_id, coalesce(r.new_label, g.label) AS label, g.label AS given_label
+            FROM samples s LEFT JOIN given_labels g ON g.sample_id = s.id LEFT JOIN live_relabels r ON r.sample_id = s.id;
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# The views of migration 4 (the domain rules); no analysis or Parquet view may take these names.
+RULE_VIEWS = ("decisions_in_force", "live_decisions", "given_labels", "live_relabels", "current_labels")
 
 # Analyses tables whose rows are replaced wholesale by each run of that analysis.
 ANALYSIS_TABLES = ("label_issues", "duplicates", "outliers", "image_issues", "clusters", "cluster_summaries",
@@ -588,27 +624,11 @@ class Catalog:
         """The ingest kinds (``imagefolder``, ``manifest``, ``coco``...) the project's samples came in as, sorted."""
         return [r[0] for r in self.query("SELECT DISTINCT source FROM samples WHERE source IS NOT NULL ORDER BY 1")]
 
-    # Decisions in force: neither an undo record nor undone (several per sample possible; the latest one wins).
-    LIVE_SQL = """SELECT d.* FROM decisions d
-            WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)"""
-
-    CURRENT_LABELS_SQL = f"""
-        WITH given AS (
-            SELECT sample_id, class_name FROM labels
-            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
-        ), live AS (
-            {LIVE_SQL}
-        ), relabel AS (
-            SELECT sample_id, new_label FROM live WHERE action = 'relabel'
-            QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
-        )
-        SELECT s.id AS sample_id, coalesce(r.new_label, g.class_name) AS label, g.class_name AS given_label
-        FROM samples s LEFT JOIN given g ON g.sample_id = s.id LEFT JOIN relabel r ON r.sample_id = s.id
-    """
-
     def current_labels(self) -> pd.DataFrame:
-        """sample_id, label (after live relabel decisions), given_label (as ingested/annotated); NULL = unlabeled."""
-        return self.query_df(self.CURRENT_LABELS_SQL + " ORDER BY s.id")
+        """sample_id, label (after live relabel decisions), given_label (as ingested/annotated); NULL = unlabeled.
+
+        The ``current_labels`` view (migration 4) holds the rule."""
+        return self.query_df("SELECT sample_id, label, given_label FROM current_labels ORDER BY sample_id")
 
     def label_codes(self, sample_ids: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Current labels of ``sample_ids`` as ``(sorted class names, int64 codes)``, -1 = unlabeled.
@@ -619,8 +639,7 @@ class Catalog:
                             "sample_id": np.asarray(sample_ids, dtype=np.int64)})
         with self.connect(read_only=True) as con:
             con.register("_label_rows", ids)
-            con.execute(f"CREATE TEMP TABLE _cur AS SELECT sample_id, label FROM ({self.CURRENT_LABELS_SQL}) "
-                        "WHERE label IS NOT NULL")
+            con.execute("CREATE TEMP TABLE _cur AS SELECT sample_id, label FROM current_labels WHERE label IS NOT NULL")
             names = [r[0] for r in con.execute("SELECT DISTINCT label FROM _cur ORDER BY label").fetchall()]
             con.register("_label_codes", pd.DataFrame({"label": pd.Series(names, dtype=object),
                                                        "code": np.arange(len(names), dtype=np.int64)}))
@@ -708,6 +727,18 @@ class Catalog:
                "FROM sample_metadata GROUP BY key ORDER BY samples DESC, key")
         return self.query_df(sql) if con is None else con.execute(sql).df()
 
+    @staticmethod
+    def metadata_filter(sample_col: str, key: str, values: Sequence[str]) -> tuple[str, list]:
+        """A clause keeping the rows whose ``sample_col`` sample has metadata ``key`` equal to one of ``values``:
+        ``(SQL text, bound parameters)`` for the caller's ``WHERE``.  ``sample_col`` is a column of the caller's SQL
+        (``alias.column``, checked); ``key`` and ``values`` only ever reach DuckDB as parameters."""
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", sample_col):
+            raise ValueError(f"not a column reference: {sample_col!r}")
+        return (f"{sample_col} IN (SELECT sample_id FROM sample_metadata WHERE key = ? "
+                "AND value IN (SELECT unnest(?::VARCHAR[])))", [str(key), [str(v) for v in values]])
+
     def metadata_values(self, key: str, sample_ids: Sequence[int]) -> list[str | None]:
         """The value of metadata ``key`` for each of ``sample_ids`` (None where a sample has none), in order."""
         ids = pd.DataFrame({"pos": np.arange(len(sample_ids), dtype=np.int64),
@@ -729,25 +760,24 @@ class Catalog:
     def label_issue_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
         """Flagged label issues, most likely wrong first: ``sample_id, path, current_label, suggested_label,
         suggested_confidence, label_quality`` (without the samples that already have a live decision)."""
-        reviewed = "" if include_reviewed else f" AND li.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))"
+        reviewed = "" if include_reviewed else " AND li.sample_id NOT IN (SELECT sample_id FROM live_decisions)"
         return self.query_df(f"""
-            WITH cur AS ({self.CURRENT_LABELS_SQL})
             SELECT li.sample_id, s.path, cur.label AS current_label, li.suggested_label, li.suggested_confidence,
                    li.label_quality
-            FROM label_issues li JOIN samples s ON s.id = li.sample_id LEFT JOIN cur ON cur.sample_id = li.sample_id
+            FROM label_issues li JOIN samples s ON s.id = li.sample_id
+            LEFT JOIN current_labels cur ON cur.sample_id = li.sample_id
             WHERE li.is_issue{reviewed}
             ORDER BY li.label_quality ASC NULLS LAST, li.sample_id""")
 
     def duplicate_candidates(self, include_reviewed: bool = False) -> pd.DataFrame:
         """Non-keeper members of duplicate sets: ``set_id, sample_id, path, kind, similarity, current_label,
         keeper_id, keeper_path`` (without the samples that already have a live decision)."""
-        reviewed = "" if include_reviewed else f" AND d.sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))"
+        reviewed = "" if include_reviewed else " AND d.sample_id NOT IN (SELECT sample_id FROM live_decisions)"
         return self.query_df(f"""
-            WITH cur AS ({self.CURRENT_LABELS_SQL}),
-            keepers AS (SELECT set_id, min(sample_id) AS keeper_id FROM duplicates WHERE is_keeper GROUP BY set_id)
+            WITH keepers AS (SELECT set_id, min(sample_id) AS keeper_id FROM duplicates WHERE is_keeper GROUP BY set_id)
             SELECT d.set_id, d.sample_id, s.path, d.kind, d.similarity, cur.label AS current_label, k.keeper_id,
                    ks.path AS keeper_path
-            FROM duplicates d JOIN samples s ON s.id = d.sample_id LEFT JOIN cur ON cur.sample_id = d.sample_id
+            FROM duplicates d JOIN samples s ON s.id = d.sample_id LEFT JOIN current_labels cur ON cur.sample_id = d.sample_id
             LEFT JOIN keepers k ON k.set_id = d.set_id LEFT JOIN samples ks ON ks.id = k.keeper_id
             WHERE NOT coalesce(d.is_keeper, false){reviewed}
             ORDER BY d.set_id, d.sample_id""")
@@ -840,7 +870,7 @@ class Catalog:
         """
         import re
 
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", view) or view in ANALYSIS_TABLES:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", view) or view in ANALYSIS_TABLES + RULE_VIEWS:
             raise ValueError(f"not a valid view name: {view!r}")
         paths = [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
         if not paths:
@@ -970,12 +1000,14 @@ class Catalog:
         )
 
     def live_decisions(self) -> pd.DataFrame:
-        """The latest live (not undone, not an undo) decision per sample."""
-        return self.query_df(
-            f"""{self.LIVE_SQL}
-               QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
-               ORDER BY sample_id"""
-        )
+        """The latest live (not undone, not an undo) decision per sample (the ``live_decisions`` view)."""
+        return self.query_df("SELECT * FROM live_decisions ORDER BY sample_id")
+
+    def decisions_in_force(self) -> pd.DataFrame:
+        """Every decision in force (not undone, not an undo), oldest first: ``id, sample_id, action, new_label,
+        reason, who, created_at`` (the ``decisions_in_force`` view; a sample can have several, the latest wins)."""
+        return self.query_df("SELECT id, sample_id, action, new_label, reason, who, created_at FROM decisions_in_force "
+                             "ORDER BY id")
 
     # ---------------------------------------------------------------- dataset-level reads (report, UI plots)
     def analysis_aggregates(self) -> dict[str, Any]:
@@ -1003,10 +1035,10 @@ class Catalog:
 
     def label_distribution(self) -> pd.DataFrame:
         """``label, given, current``: samples per class as ingested/annotated and after live relabel decisions."""
-        return self.query_df(f"""
-            WITH cur AS ({self.CURRENT_LABELS_SQL}),
-            both_ AS (SELECT given_label AS label, 1 AS given, 0 AS current FROM cur WHERE given_label IS NOT NULL
-                      UNION ALL SELECT label, 0, 1 FROM cur WHERE label IS NOT NULL)
+        return self.query_df("""
+            WITH both_ AS (SELECT given_label AS label, 1 AS given, 0 AS current FROM current_labels
+                           WHERE given_label IS NOT NULL
+                           UNION ALL SELECT label, 0, 1 FROM current_labels WHERE label IS NOT NULL)
             SELECT label, sum(given)::BIGINT AS given, sum(current)::BIGINT AS current FROM both_
             GROUP BY label ORDER BY current DESC, label""")
 
@@ -1051,19 +1083,22 @@ class Catalog:
         """
         def _read(c):
             total = int(c.execute("SELECT count(*) FROM clusters WHERE x IS NOT NULL").fetchone()[0])
+            ids = [int(r[0]) for r in c.execute(
+                "SELECT sample_id FROM clusters WHERE x IS NOT NULL ORDER BY hash(sample_id, ?) LIMIT ?",
+                [int(seed), int(max_points)]).fetchall()]
+            # the points' ids are bound, so DuckDB reads only their rows of the labels table for given_labels
             df = c.execute("""
-                WITH pts AS (SELECT sample_id, cluster, x, y FROM clusters WHERE x IS NOT NULL
-                             ORDER BY hash(sample_id, ?) LIMIT ?),
-                given AS (SELECT sample_id, arg_max(class_name, id) AS label FROM labels
-                          WHERE sample_id IN (SELECT sample_id FROM pts) GROUP BY sample_id)
+                WITH pts AS (SELECT sample_id, cluster, x, y FROM clusters
+                             WHERE x IS NOT NULL AND sample_id IN (SELECT unnest(?::BIGINT[]))),
+                g AS (SELECT sample_id, label FROM given_labels WHERE sample_id IN (SELECT unnest(?::BIGINT[])))
                 SELECT p.sample_id, p.x, p.y, p.cluster, g.label,
                        CASE WHEN p.sample_id IN (SELECT sample_id FROM label_issues WHERE is_issue) THEN 'label issue'
                             WHEN p.sample_id IN (SELECT sample_id FROM duplicates WHERE NOT coalesce(is_keeper, false)) THEN 'duplicate'
                             WHEN p.sample_id IN (SELECT sample_id FROM outliers WHERE is_outlier) THEN 'outlier'
                             WHEN p.sample_id IN (SELECT sample_id FROM image_issues) THEN 'image issue'
                             ELSE 'none' END AS issue
-                FROM pts p LEFT JOIN given g ON g.sample_id = p.sample_id
-                ORDER BY p.sample_id""", [int(seed), int(max_points)]).df()
+                FROM pts p LEFT JOIN g ON g.sample_id = p.sample_id
+                ORDER BY p.sample_id""", [ids, ids]).df()
             return total, df
 
         if con is not None:
@@ -1076,8 +1111,8 @@ class Catalog:
 
         Samples a reviewer already decided on are left out: applying a keep fraction never overrides them.
         """
-        sql = f"""SELECT sample_id FROM semdedup
-                  WHERE max_similarity >= ? AND sample_id NOT IN (SELECT sample_id FROM ({self.LIVE_SQL}))
+        sql = """SELECT sample_id FROM semdedup
+                  WHERE max_similarity >= ? AND sample_id NOT IN (SELECT sample_id FROM live_decisions)
                   ORDER BY sample_id"""
         args = [float(threshold) - 1e-6]  # the tolerance of duplicates.semdedup_curve (float32 similarities)
         rows = con.execute(sql, args).fetchall() if con is not None else self.query(sql, args)

@@ -1,7 +1,8 @@
 """Export a cleaned dataset: manifest, ImageFolder tree, changes report and the annotation queue.
 
 Decisions are applied by one rule, *the latest live decision about a sample wins* (undone decisions and
-the undo records themselves are ignored):
+the undo records themselves are ignored; the catalog's ``decisions_in_force`` view, read through
+:meth:`engine.catalog.Catalog.decisions_in_force`):
 
 - ``remove``  -> the sample is left out;
 - ``relabel`` -> the sample keeps its place with the new label (the label is the latest live relabel,
@@ -195,16 +196,9 @@ def apply_decisions(samples: pd.DataFrame, labels: pd.DataFrame, decisions: pd.D
 
 
 # ------------------------------------------------------------------------------------------- catalog inputs
-LIVE_DECISIONS_SQL = """
-    SELECT id, sample_id, action, new_label, reason, who, created_at FROM decisions
-    WHERE undoes IS NULL AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
-    ORDER BY id
-"""
-QUEUE_SQL = f"""
-    WITH q AS (SELECT * FROM queries),
-    cl AS ({Catalog.CURRENT_LABELS_SQL} WHERE s.id IN (SELECT sample_id FROM q))
+QUEUE_SQL = """
     SELECT q.batch_id, q.rank, q.sample_id, s.path, q.strategy, q.score, q.reason, cl.label
-    FROM q JOIN samples s ON s.id = q.sample_id LEFT JOIN cl ON cl.sample_id = q.sample_id
+    FROM queries q JOIN samples s ON s.id = q.sample_id LEFT JOIN current_labels cl ON cl.sample_id = q.sample_id
     ORDER BY q.batch_id DESC, q.rank, q.sample_id
 """
 
@@ -213,7 +207,7 @@ def load_inputs(cat: Catalog) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     """``(samples, labels, live decisions, duplicates)`` from the catalog, for :func:`apply_decisions`."""
     samples = cat.samples("id AS sample_id, path, split")
     labels = cat.current_labels()
-    decisions = cat.query_df(LIVE_DECISIONS_SQL)
+    decisions = cat.decisions_in_force()
     duplicates = cat.query_df("SELECT set_id, sample_id FROM duplicates")
     return samples, labels, decisions, duplicates
 

@@ -25,7 +25,7 @@ def print_status(cat: Catalog, console: Console | None = None) -> dict:
     if splits:
         console.print("splits: " + ", ".join(f"{s}={n}" for s, n in splits))
     classes = cat.query(
-        "SELECT label, count(*) FROM (" + cat.CURRENT_LABELS_SQL + ") WHERE label IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 15"
+        "SELECT label, count(*) FROM current_labels WHERE label IS NOT NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 15"
     )
     if classes:
         console.print("classes: " + ", ".join(f"{c}={n}" for c, n in classes))

@@ -412,7 +412,7 @@ def hits_frame(cat: Catalog, sample_ids: np.ndarray, scores: np.ndarray) -> pd.D
         return hits.assign(label=pd.Series(dtype=object), path=pd.Series(dtype=object))
     info = cat.query_df(
         "SELECT s.id AS sample_id, l.label, s.path FROM samples s "
-        "JOIN (" + cat.CURRENT_LABELS_SQL + ") l ON l.sample_id = s.id WHERE s.id IN (SELECT unnest(?))",
+        "JOIN current_labels l ON l.sample_id = s.id WHERE l.sample_id IN (SELECT unnest(?))",
         [hits["sample_id"].tolist()],
     )
     return hits.merge(info, on="sample_id", how="left")

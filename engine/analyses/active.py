@@ -957,11 +957,7 @@ def _blocked(cat: Catalog) -> np.ndarray:
     df = cat.query_df(
         """SELECT id AS sample_id FROM samples WHERE path IN (SELECT path FROM quarantine)
            UNION
-           SELECT sample_id FROM (
-               SELECT sample_id, action FROM decisions d
-               WHERE d.undoes IS NULL AND d.id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)
-               QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1
-           ) WHERE action = 'remove'"""
+           SELECT sample_id FROM live_decisions WHERE action = 'remove'"""
     )
     return df["sample_id"].to_numpy(dtype=np.int64)
 

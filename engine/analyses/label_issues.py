@@ -948,7 +948,7 @@ def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K
             "n_classes": len(names), "agreement_with_given": agreement,
             "warnings": _warnings(agreement, float(1.0 - np.trace(joint)), {}, n_lab),
             "n_unlabeled": int(len(ids) - n_lab), "n_labeled_not_embedded": int(cat.scalar(
-                f"SELECT count(*) FROM ({cat.CURRENT_LABELS_SQL}) cl WHERE cl.label IS NOT NULL AND cl.sample_id NOT IN "
+                "SELECT count(*) FROM current_labels cl WHERE cl.label IS NOT NULL AND cl.sample_id NOT IN "
                 "(SELECT e.sample_id FROM embedded e WHERE e.encoder = ?)", [shards.encoder])),
             "predictions_source": None,
             "timings": {"graph": round(t_graph, 3), **res.seconds, "total": round(time.perf_counter() - t0, 3)},
