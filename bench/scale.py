@@ -134,6 +134,7 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
 
     from curate.engine.analyses import scale as an
     from curate.engine.analyses.duplicates import partitioned_near_duplicates
+    from curate.engine.analyses.label_issues import label_issues_out_of_core
     from curate.engine.catalog import open_project
     from curate.engine.distributed import synthetic as syn
     from curate.engine.distributed.embed import embed_synthetic
@@ -189,9 +190,9 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
                 folder = Path(project) / "indexes" / "knn-local"
                 gi = np.load(folder / "knn_indices.npy", mmap_mode="r")
                 gs = np.load(folder / "knn_similarities.npy", mmap_mode="r")
-                res = an.label_issues_out_of_core(gi, gs, labels, cfg.n_classes,
-                                                  out_dir=Path(project) / "analyses" / "label_issues",
-                                                  sample_ids=ids)
+                res = label_issues_out_of_core(gi, gs, labels, cfg.n_classes,
+                                               out_dir=Path(project) / "analyses" / "label_issues",
+                                               sample_ids=ids)
                 cat.register_parquet_view("label_issues_scale",
                                           str(Path(project) / "analyses" / "label_issues" / "*.parquet"))
                 flagged = int(cat.scalar("SELECT count(*) FROM label_issues_scale WHERE is_issue"))

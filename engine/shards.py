@@ -292,3 +292,23 @@ class ShardRows:
         rows = np.atleast_1d(np.asarray(pos, dtype=np.int64))
         out = self._shards.take(self._order[rows])
         return out[0] if np.ndim(pos) == 0 else out
+
+
+# ------------------------------------------------------------------------------------------- Parquet parts
+def write_parquet_parts(out_dir: str | Path, n: int, block_rows: int, frame_of) -> list[Path]:
+    """Write ``frame_of(start, stop)`` for each block of ``block_rows`` of ``n`` rows as ``part-NNNNN.parquet`` in
+    ``out_dir`` (replacing old parts); returns the paths.
+
+    For per-sample results too large for one catalog table: expose the parts to DuckDB with
+    :meth:`curate.engine.catalog.Catalog.register_parquet_view`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-*.parquet"):
+        old.unlink()
+    paths = []
+    for b, s in enumerate(range(0, n, block_rows)):
+        path = out / f"part-{b:05d}.parquet"
+        frame_of(s, min(n, s + block_rows)).to_parquet(path, index=False)
+        paths.append(path)
+    return paths

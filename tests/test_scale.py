@@ -220,8 +220,7 @@ def test_sharded_knn_graph_equals_in_memory_graph(synthetic_project, ray_local, 
 def test_streamed_label_issues_equal_cleanlab_in_memory(synthetic_project, tmp_path):
     from cleanlab.experimental.label_issues_batched import find_label_issues_batched
 
-    from curate.engine.analyses.label_issues import knn_vote_proba
-    from curate.engine.analyses.scale import label_issues_out_of_core
+    from curate.engine.analyses.label_issues import knn_vote_proba, label_issues_out_of_core
     from curate.indexes.sharded import sharded_knn_graph
 
     sh = ShardedEmbeddings.open(synthetic_project)

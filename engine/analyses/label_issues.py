@@ -49,6 +49,18 @@ Small classes
 Unlabeled samples (label NULL) are not scored; samples with a live ``relabel`` decision are scored with their new
 label (``Catalog.current_labels`` applies decisions).
 
+The registered analysis, in memory and out of core
+--------------------------------------------------
+The analysis is registered as ``label_issues`` (:data:`ANALYSIS`, options :class:`LabelIssuesConfig`) and
+:func:`compute` is its one entry for both sizes; :func:`run` is the thin wrapper that returns the run summary.  It
+reads the graph through ``inputs.graph(k)`` and the vectors through ``inputs.embeddings``
+(:class:`curate.engine.inputs.Inputs` decides the size).  Out of core the cross-validated probe and imported
+predictions are left out (the probe needs every vector in memory): the kNN-vote probabilities are computed block by
+block over the memory-mapped graph and streamed twice through cleanlab's batched ``LabelInspector``
+(:func:`label_issues_out_of_core`); the summary says ``"probabilities": "knn vote (out of core)"`` and the runner
+lists the left-out parts (``left_out``).  Both paths build their summary with :func:`summarize` and write the same
+``label_issues`` table.
+
 Measured defaults (``bench/label_issues.py --sweep``, results in ``bench/results/label_issues_sweep.json``: F1 of
 the flags vs injected noise on the demo embeddings, sklearn digits and imbalanced Gaussian blobs, 10/20/40%
 symmetric and class-dependent noise, 18 settings; plus the 1,000-class set of the main bench)
@@ -72,16 +84,21 @@ symmetric and class-dependent noise, 18 settings; plus the 1,000-class set of th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from curate.engine.analyses.probe import DEFAULT_C, cross_val_predict_proba
+from curate.engine.analyses.probe import PROBE_BACKENDS, cross_val_predict_proba
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
 from curate.engine.catalog import Catalog, CurateError
+from curate.engine.shards import write_parquet_parts
 
 DEFAULT_N_FOLDS = 5
 DEFAULT_K = 10
@@ -176,21 +193,12 @@ class LabelIssuesResult:
         return confused_pairs(self.joint, self.joint_classes, int(self.is_labeled.sum()), top)
 
     def summary(self, top_pairs: int = 10) -> dict:
-        labeled = int(self.is_labeled.sum())
-        return {
-            "n_labeled": labeled,
-            "n_issues": self.n_issues,
-            "issue_fraction": self.n_issues / labeled if labeled else 0.0,
-            "estimated_noise_rate": self.estimated_noise_rate,
-            "noise_rate_per_class": {str(k): float(v) for k, v in self.noise_rates.items()},
-            "top_confused_pairs": self.top_confused_pairs(top_pairs),
-            "joint": joint_summary(self.joint, self.joint_classes),
-            "small_classes": {str(k): int(v) for k, v in self.small_classes.items()},
-            "unverifiable_classes": [str(c) for c in self.unverifiable_classes],
-            "n_classes": len(self.class_names),
-            **{k: v for k, v in self.details.items() if k != "timings"},
-            "timings": self.details.get("timings", {}),
-        }
+        """The dataset-level findings as a JSON-able record (see :func:`summarize`)."""
+        return summarize(n_labeled=int(self.is_labeled.sum()), n_issues=self.n_issues,
+                         noise_rate=self.estimated_noise_rate, noise_rates=self.noise_rates, joint=self.joint,
+                         joint_classes=self.joint_classes, small_classes=self.small_classes,
+                         unverifiable_classes=self.unverifiable_classes, n_classes=len(self.class_names),
+                         details=self.details, top_pairs=top_pairs)
 
     def to_frame(self, sample_ids: np.ndarray) -> pd.DataFrame:
         """Rows of the ``label_issues`` table (labeled rows only), ordered by rank."""
@@ -205,6 +213,39 @@ class LabelIssuesResult:
             "rank": self.rank[m].astype(np.int32),
         })
         return df.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def summarize(*, n_labeled: int, n_issues: int, noise_rate: float, noise_rates: dict, joint: np.ndarray,
+              joint_classes: Sequence[Any], small_classes: dict, unverifiable_classes: Sequence[Any], n_classes: int,
+              details: dict, top_pairs: int = 10) -> dict:
+    """The one summary of a label-issue estimate, in memory (:meth:`LabelIssuesResult.summary`) and out of core.
+
+    Parameters
+    ----------
+    n_labeled, n_issues : labeled samples checked, samples flagged.
+    noise_rate : estimated fraction of wrong given labels.
+    noise_rates : per given class, the estimated fraction of its samples whose true class is another one.
+    joint, joint_classes : the estimated joint ``p(given, true)`` and its row/column names.
+    small_classes : class -> labeled count of the classes reported as small; ``unverifiable_classes`` the
+        single-sample ones.
+    n_classes : classes in the probabilities.
+    details : how the probabilities were made (copied in; ``timings`` goes last).
+    top_pairs : how many confused pairs to list.
+    """
+    return {
+        "n_labeled": int(n_labeled),
+        "n_issues": int(n_issues),
+        "issue_fraction": n_issues / n_labeled if n_labeled else 0.0,
+        "estimated_noise_rate": float(noise_rate),
+        "noise_rate_per_class": {str(k): float(v) for k, v in noise_rates.items()},
+        "top_confused_pairs": confused_pairs(joint, joint_classes, int(n_labeled), top_pairs),
+        "joint": joint_summary(joint, joint_classes),
+        "small_classes": {str(k): int(v) for k, v in small_classes.items()},
+        "unverifiable_classes": [str(c) for c in unverifiable_classes],
+        "n_classes": int(n_classes),
+        **{k: v for k, v in details.items() if k != "timings"},
+        "timings": details.get("timings", {}),
+    }
 
 
 def confused_pairs(joint: np.ndarray, classes: Sequence[Any], n_labeled: int, top: int = 10) -> list[dict]:
@@ -488,9 +529,273 @@ def _round_suspects(est, codes, probe_rows, singleton_cls, K, filter_by) -> np.n
 
 
 # ---------------------------------------------------------------------------------------------- main entry
+def _check_options(*, method: str, filter_by: str, probe_weight: float, n_folds: int, flag_count: str,
+                   anchor_fraction: float) -> None:
+    """The option checks shared by :func:`find_label_issues` and :class:`LabelIssuesConfig` (one line each)."""
+    if method not in RANK_METHODS:
+        raise CurateError(f"unknown method {method!r} (the label quality score); use one of {', '.join(RANK_METHODS)}")
+    if filter_by not in FILTER_METHODS:
+        raise CurateError(f"unknown filter_by {filter_by!r}; use one of {', '.join(FILTER_METHODS)}")
+    if not 0.0 <= probe_weight <= 1.0:
+        raise CurateError(f"probe_weight must be in [0, 1], got {probe_weight}")
+    if n_folds < 2:
+        raise CurateError(f"n_folds must be >= 2, got {n_folds}")
+    if flag_count not in FLAG_COUNTS:
+        raise CurateError(f"unknown flag_count {flag_count!r}; use one of {', '.join(FLAG_COUNTS)}")
+    if not 0.0 < anchor_fraction <= 1.0:
+        raise CurateError(f"anchor_fraction must be in (0, 1], got {anchor_fraction}")
+
+
 def _labeled_mask(labels: np.ndarray) -> np.ndarray:
     return ~pd.isna(pd.Series(labels, dtype=object)).to_numpy() & np.array(
         [not (isinstance(v, str) and v.strip() == "") for v in labels], dtype=bool)
+
+
+@dataclass
+class _Classes:
+    """The given labels encoded once (step 1 of :func:`find_label_issues`).
+
+    ``label_classes`` are the sorted distinct given labels; ``class_names`` add, after them, the classes only
+    imported predictions know (the probability columns).  ``codes`` index ``class_names`` (-1 = unlabeled),
+    ``counts`` are the labeled samples per column.  Singleton classes (one labeled sample) are scored by the kNN
+    vote alone and kept out of confident learning.
+    """
+
+    labels: np.ndarray
+    labeled: np.ndarray
+    label_classes: np.ndarray
+    class_names: list
+    codes: np.ndarray
+    counts: np.ndarray
+    small_classes: dict
+    singleton_cls: np.ndarray
+    is_singleton_row: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _prepare_labels(labels: np.ndarray, pred_class_names: Sequence | None, n_folds: int) -> _Classes:
+    """Labeled rows, class columns and codes, small and singleton classes."""
+    n = len(labels)
+    labeled = _labeled_mask(labels)
+    if not labeled.any():
+        raise CurateError("no labeled samples to check; ingest labels (ImageFolder or a manifest with a label column)")
+    label_classes, codes_l = np.unique(labels[labeled], return_inverse=True)
+    class_names = list(label_classes)
+    if pred_class_names is not None:
+        extra = [c for c in pred_class_names if c not in set(class_names)]
+        class_names = class_names + sorted(extra, key=str)
+    codes = np.full(n, -1, dtype=np.int64)
+    codes[labeled] = codes_l
+    counts = np.bincount(codes[labeled], minlength=len(class_names))
+    small_classes = {_py(class_names[c]): int(counts[c]) for c in range(len(label_classes)) if counts[c] < n_folds}
+    singleton_cls = np.flatnonzero((counts == 1)[: len(label_classes)])
+    return _Classes(labels=labels, labeled=labeled, label_classes=label_classes, class_names=class_names,
+                    codes=codes, counts=counts, small_classes=small_classes, singleton_cls=singleton_cls,
+                    is_singleton_row=labeled & np.isin(codes, singleton_cls))
+
+
+def _imported_probabilities(cls: _Classes, pred_probs: np.ndarray | None, pred_class_names: Sequence | None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs, source, has_import)``: the imported predictions of the labeled rows that have a complete one,
+    normalised into the class columns; the other rows are zeros (source None) until estimated."""
+    n, K = len(cls.codes), cls.n_classes
+    probs = np.zeros((n, K), dtype=np.float32)
+    source = np.array([None] * n, dtype=object)
+    has_import = np.zeros(n, dtype=bool)
+    if pred_probs is None:
+        return probs, source, has_import
+    col_of = {c: i for i, c in enumerate(cls.class_names)}
+    pp = np.asarray(pred_probs, dtype=np.float64)
+    names = list(pred_class_names) if pred_class_names is not None else list(cls.label_classes)
+    if pp.shape != (n, len(names)):
+        raise CurateError(f"pred_probs must have shape ({n}, {len(names)}) (rows x classes), got {pp.shape}")
+    has_import = cls.labeled & np.isfinite(pp).all(axis=1)
+    cols = [col_of[c] for c in names]
+    imported = np.clip(pp[has_import], 0.0, None)
+    sums = imported.sum(axis=1, keepdims=True)
+    if (sums <= 0).any():
+        raise CurateError("imported predictions contain a row of zeros; every row needs positive probabilities")
+    probs[np.ix_(np.flatnonzero(has_import), cols)] = (imported / sums).astype(np.float32)
+    source[has_import] = "imported"
+    return probs, source, has_import
+
+
+def _estimate_probabilities(embeddings: np.ndarray | None, knn_graph: Any, cls: _Classes, todo: np.ndarray, *,
+                            k: int, probe_dims: int | None, rounds: int, filter_by: str, probe_weight: float,
+                            knn_prior: float, knn_temperature: float | None, n_folds: int, C: float, backend: str,
+                            device: str, seed: int, progress: Any, timings: dict, details: dict
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-sample ``(probabilities, source)`` for every row (used for the ``todo`` rows): ``rounds`` estimation
+    rounds (:func:`_estimate_round`), each after the first without the previous round's suspects."""
+    n, K = len(cls.codes), cls.n_classes
+    if embeddings is None:
+        raise CurateError(f"{int(todo.sum())} labeled samples have no imported prediction and no embedding; "
+                          "run `curate embed` first")
+    codes, is_singleton_row = cls.codes, cls.is_singleton_row
+    probe_rows = np.flatnonzero(cls.labeled & ~is_singleton_row)  # train/evaluate on every non-singleton class
+    probe_ok = probe_weight > 0 and len(np.unique(codes[probe_rows])) >= 2
+    # singleton rows always need the vote: the probe cannot know their class
+    use_knn = probe_weight < 1 or not probe_ok or bool(is_singleton_row[todo].any())
+    probe_X = reduce_for_probe(embeddings, probe_dims, seed) if probe_ok else None
+    gi = gs = None
+    if use_knn:
+        graph = knn_graph
+        if graph is None:
+            from curate.indexes.knn import knn_graph as build_knn_graph
+
+            graph = build_knn_graph(embeddings, k=k)
+        gi, gs = np.asarray(graph.indices), np.asarray(graph.similarities)
+        if len(gi) != n:
+            raise CurateError(f"the kNN graph has {len(gi)} rows but there are {n} samples; rebuild the graph")
+    suspects = np.zeros(n, dtype=bool)
+    for rnd in range(max(1, rounds)):
+        est, src, p_probe, p_knn = _estimate_round(
+            probe_X, gi, gs, codes, K, todo, probe_rows, is_singleton_row, suspects, probe_ok, use_knn,
+            probe_weight=probe_weight, knn_prior=knn_prior, knn_temperature=knn_temperature, n_folds=n_folds,
+            C=C, backend=backend, device=device, seed=seed, progress=progress, timings=timings, details=details)
+        if rnd + 1 < max(1, rounds):
+            # the next round refits the probe and recounts the votes without this round's suspects, so wrong
+            # labels stop pulling the estimate towards themselves (the cleaning step of CleanLearning / co-teaching)
+            suspects = _round_suspects(est, codes, probe_rows, cls.singleton_cls, K, filter_by)
+            details["round_suspects"] = details.get("round_suspects", []) + [int(suspects.sum())]
+    details["rounds"] = max(1, rounds)
+    details["probe_weight"] = probe_weight if probe_ok else 0.0
+    for name, p in (("probe", p_probe), ("knn", p_knn)):
+        if p is not None:
+            r = np.flatnonzero(todo)
+            details[f"{name}_agreement_with_given"] = float(np.mean(p[r].argmax(axis=1) == codes[r]))
+    return est, src
+
+
+@dataclass
+class _ConfidentLearning:
+    """Confident learning on the non-singleton rows ``rows`` and class columns ``cols`` (step 3)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    y: np.ndarray
+    P: np.ndarray
+    quality: np.ndarray
+    issues: np.ndarray
+    joint: np.ndarray
+
+
+def _confident_learning(probs: np.ndarray, cls: _Classes, method: str, filter_by: str) -> _ConfidentLearning:
+    """cleanlab's label quality, issue filter and joint estimate on the rows of non-singleton classes."""
+    from cleanlab.count import estimate_joint
+    from cleanlab.filter import find_label_issues as cl_find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    codes, K = cls.codes, cls.n_classes
+    cl_rows = np.flatnonzero(cls.labeled & ~cls.is_singleton_row)
+    cl_cols = np.setdiff1d(np.arange(K), cls.singleton_cls)
+    if len(np.unique(codes[cl_rows])) < 2:
+        n_given = len(cls.label_classes)
+        raise CurateError(
+            f"label issues need at least 2 classes with >= 2 labeled samples each; found {n_given} "
+            f"class(es) with counts {dict(zip(map(str, cls.label_classes), cls.counts[:n_given].tolist()))}")
+    remap = np.full(K, -1, dtype=np.int64)
+    remap[cl_cols] = np.arange(len(cl_cols))
+    y_cl = remap[codes[cl_rows]]
+    P_cl = probs[np.ix_(cl_rows, cl_cols)].astype(np.float64)
+    P_cl = np.clip(P_cl, 1e-12, None)  # cleanlab rejects exact zeros in some code paths
+    P_cl /= P_cl.sum(axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        # "may not flag all label issues in class X, it has too few examples": reported via small_classes instead
+        warnings.filterwarnings("ignore", message=".*too few examples.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="cleanlab")
+        quality_cl = get_label_quality_scores(y_cl, P_cl, method=method)
+        issues_cl = cl_find_label_issues(y_cl, P_cl, filter_by=filter_by, n_jobs=1)
+        joint = estimate_joint(y_cl, P_cl)
+    return _ConfidentLearning(cl_rows, cl_cols, y_cl, P_cl, quality_cl, issues_cl, joint)
+
+
+def _calibrate_noise_rate(cl: _ConfidentLearning, anchor_fraction: float, details: dict) -> tuple[float, bool]:
+    """``(calibrated noise rate, resolution limited)`` from the confident-learning joint and the anchors
+    (:func:`calibrated_noise_rate`); the three estimates go into ``details``."""
+    rate_cl = float(1.0 - np.trace(cl.joint))
+    rate_anchor = anchor_noise_rate(cl.P, cl.y, anchor_fraction)
+    rate, resolution_limited = calibrated_noise_rate(rate_cl, rate_anchor)
+    details["noise_rate_confident_learning"] = rate_cl
+    details["noise_rate_anchor"] = rate_anchor
+    details["noise_rate_calibrated"] = rate
+    details["noise_below_encoder_resolution"] = resolution_limited
+    return rate, resolution_limited
+
+
+def _flag(cls: _Classes, probs: np.ndarray, cl: _ConfidentLearning, rate: float, *, flag_count: str, method: str,
+          singleton_flag_confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row ``(label_quality, is_issue, suggested column, suggested confidence)``: confident learning's scores
+    for non-singleton rows (flag count calibrated or cleanlab's own), the neighbour vote for singleton rows."""
+    codes = cls.codes
+    n = len(codes)
+    label_quality = np.full(n, np.nan)
+    is_issue = np.zeros(n, dtype=bool)
+    sugg_idx = np.full(n, -1, dtype=np.int64)
+    sugg_conf = np.full(n, np.nan)
+    label_quality[cl.rows] = cl.quality
+    sugg_idx[cl.rows] = cl.cols[cl.P.argmax(axis=1)]
+    sugg_conf[cl.rows] = cl.P.max(axis=1)
+    issues_cl = cl.issues
+    if flag_count == "calibrated":
+        issues_cl = flag_lowest(cl.quality, cl.P.argmax(axis=1) != cl.y, int(round(rate * len(cl.rows))))
+    is_issue[cl.rows] = issues_cl
+
+    single_rows = np.flatnonzero(cls.is_singleton_row)
+    if len(single_rows):
+        P_s = probs[single_rows].astype(np.float64)
+        P_s /= np.clip(P_s.sum(axis=1, keepdims=True), 1e-12, None)
+        own = P_s[np.arange(len(single_rows)), codes[single_rows]]
+        # quality on cleanlab's scale: self-confidence, or margin own - best other mapped to [0, 1]
+        other = P_s.copy()
+        other[np.arange(len(single_rows)), codes[single_rows]] = -1.0
+        if method == "normalized_margin":
+            label_quality[single_rows] = (own - other.max(axis=1) + 1.0) / 2.0
+        else:
+            label_quality[single_rows] = own
+        sugg_idx[single_rows] = P_s.argmax(axis=1)
+        sugg_conf[single_rows] = P_s.max(axis=1)
+        is_issue[single_rows] = (sugg_idx[single_rows] != codes[single_rows]) & (
+            sugg_conf[single_rows] >= singleton_flag_confidence)
+    return label_quality, is_issue, sugg_idx, sugg_conf
+
+
+def _assemble(cls: _Classes, probs: np.ndarray, source: np.ndarray, cl: _ConfidentLearning, flags: tuple, *,
+              rate: float, resolution_limited: bool, details: dict, timings: dict, t0: float) -> LabelIssuesResult:
+    """Ranks, suggested label names, per-class noise rates, warnings: the :class:`LabelIssuesResult`."""
+    label_quality, is_issue, sugg_idx, sugg_conf = flags
+    labeled, codes, class_names, joint = cls.labeled, cls.codes, cls.class_names, cl.joint
+    n = len(codes)
+    rank = np.zeros(n, dtype=np.int64)
+    lab_rows = np.flatnonzero(labeled)
+    order = lab_rows[np.lexsort((lab_rows, label_quality[lab_rows]))]  # ties: input order
+    rank[order] = np.arange(1, len(order) + 1)
+
+    names_arr = np.array(class_names + [None], dtype=object)
+    suggested = names_arr[sugg_idx]  # -1 -> None
+    joint_classes = [_py(class_names[c]) for c in cl.cols]
+    row_sums = joint.sum(axis=1)
+    noise_rates = {c: float(1.0 - joint[i, i] / row_sums[i]) if row_sums[i] > 0 else 0.0
+                   for i, c in enumerate(joint_classes)}
+    timings["total"] = round(time.perf_counter() - t0, 3)
+    details["timings"] = timings
+    details["prob_sources"] = {str(k): int(v) for k, v in pd.Series(source[labeled]).value_counts().items()}
+    details["agreement_with_given"] = float(np.mean(sugg_idx[labeled] == codes[labeled]))
+    details["warnings"] = _warnings(details["agreement_with_given"], rate, cls.small_classes,
+                                    int(labeled.sum()), resolution_limited, details["noise_rate_confident_learning"],
+                                    details["noise_rate_anchor"])
+    given = np.array([None] * n, dtype=object)
+    given[labeled] = cls.labels[labeled]
+    return LabelIssuesResult(
+        is_labeled=labeled, given_label=given, label_quality=label_quality, is_issue=is_issue,
+        suggested_label=suggested, suggested_confidence=sugg_conf, rank=rank, prob_source=source,
+        pred_probs=probs, class_names=[_py(c) for c in class_names], joint=joint, joint_classes=joint_classes,
+        noise_rates=noise_rates, small_classes=cls.small_classes,
+        unverifiable_classes=[_py(class_names[c]) for c in cls.singleton_cls], details=details,
+    )
 
 
 def find_label_issues(
@@ -591,199 +896,44 @@ def find_label_issues(
     >>> bool(res.is_issue[0]), int(res.suggested_label[0])
     (True, 0)
     """
-    from cleanlab.count import estimate_joint
-    from cleanlab.filter import find_label_issues as cl_find_label_issues
-
-    from curate.engine.progress import step as progress_step
-    from cleanlab.rank import get_label_quality_scores
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     labels = np.asarray(labels, dtype=object)
     n = len(labels)
-    if method not in RANK_METHODS:
-        raise CurateError(f"unknown label quality method {method!r}; use one of {', '.join(RANK_METHODS)}")
-    if filter_by not in FILTER_METHODS:
-        raise CurateError(f"unknown filter_by {filter_by!r}; use one of {', '.join(FILTER_METHODS)}")
-    if not 0.0 <= probe_weight <= 1.0:
-        raise CurateError(f"probe_weight must be in [0, 1], got {probe_weight}")
-    if n_folds < 2:
-        raise CurateError(f"n_folds must be >= 2, got {n_folds}")
-    if flag_count not in FLAG_COUNTS:
-        raise CurateError(f"unknown flag_count {flag_count!r}; use one of {', '.join(FLAG_COUNTS)}")
-    if not 0.0 < anchor_fraction <= 1.0:
-        raise CurateError(f"anchor_fraction must be in (0, 1], got {anchor_fraction}")
+    _check_options(method=method, filter_by=filter_by, probe_weight=probe_weight, n_folds=n_folds,
+                   flag_count=flag_count, anchor_fraction=anchor_fraction)
     if embeddings is not None:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) != n:
             raise CurateError(f"embeddings must be (n, d) with n = {n} labels; got shape {embeddings.shape}")
 
-    labeled = _labeled_mask(labels)
-    if not labeled.any():
-        raise CurateError("no labeled samples to check; ingest labels (ImageFolder or a manifest with a label column)")
-    label_classes, codes_l = np.unique(labels[labeled], return_inverse=True)
-    class_names = list(label_classes)
-    if pred_class_names is not None:
-        extra = [c for c in pred_class_names if c not in set(class_names)]
-        class_names = class_names + sorted(extra, key=str)
-    K = len(class_names)
-    col_of = {c: i for i, c in enumerate(class_names)}
-    codes = np.full(n, -1, dtype=np.int64)
-    codes[labeled] = codes_l
-    counts = np.bincount(codes[labeled], minlength=K)
-    small_classes = {_py(class_names[c]): int(counts[c]) for c in range(len(label_classes)) if counts[c] < n_folds}
-    singleton_cls = np.flatnonzero((counts == 1)[: len(label_classes)])
-    is_singleton_row = labeled & np.isin(codes, singleton_cls)
-
-    # ----------------------------------------------------------------- imported predictions (take precedence)
-    probs = np.zeros((n, K), dtype=np.float32)
-    source = np.array([None] * n, dtype=object)
-    has_import = np.zeros(n, dtype=bool)
-    if pred_probs is not None:
-        pp = np.asarray(pred_probs, dtype=np.float64)
-        names = list(pred_class_names) if pred_class_names is not None else list(label_classes)
-        if pp.shape != (n, len(names)):
-            raise CurateError(f"pred_probs must have shape ({n}, {len(names)}) (rows x classes), got {pp.shape}")
-        has_import = labeled & np.isfinite(pp).all(axis=1)
-        cols = [col_of[c] for c in names]
-        imported = np.clip(pp[has_import], 0.0, None)
-        sums = imported.sum(axis=1, keepdims=True)
-        if (sums <= 0).any():
-            raise CurateError("imported predictions contain a row of zeros; every row needs positive probabilities")
-        probs[np.ix_(np.flatnonzero(has_import), cols)] = (imported / sums).astype(np.float32)
-        source[has_import] = "imported"
+    # 1. labels -> class columns and codes; 2. imported predictions (they take precedence)
+    cls = _prepare_labels(labels, pred_class_names, n_folds)
+    probs, source, has_import = _imported_probabilities(cls, pred_probs, pred_class_names)
     timings["imported"] = round(time.perf_counter() - t0, 3)
 
-    # ----------------------------------------------------------------- our estimate for the rest
-    todo = labeled & ~has_import
+    # 3. our out-of-sample estimate for the rest: probe + kNN vote, in cleaning rounds
+    todo = cls.labeled & ~has_import
     details: dict[str, Any] = {"n_folds": n_folds, "method": method, "filter_by": filter_by, "seed": seed,
                                "n_imported": int(has_import.sum()), "n_estimated": int(todo.sum())}
     if todo.any():
-        if embeddings is None:
-            raise CurateError(f"{int(todo.sum())} labeled samples have no imported prediction and no embedding; "
-                              "run `curate embed` first")
-        probe_rows = np.flatnonzero(labeled & ~is_singleton_row)  # train/evaluate on every non-singleton class
-        probe_ok = probe_weight > 0 and len(np.unique(codes[probe_rows])) >= 2
-        # singleton rows always need the vote: the probe cannot know their class
-        use_knn = probe_weight < 1 or not probe_ok or bool(is_singleton_row[todo].any())
-        probe_X = reduce_for_probe(embeddings, probe_dims, seed) if probe_ok else None
-        gi = gs = None
-        if use_knn:
-            graph = knn_graph
-            if graph is None:
-                if embeddings is None:
-                    raise CurateError("the kNN vote needs embeddings or a kNN graph")
-                from curate.indexes.knn import knn_graph as build_knn_graph
-
-                graph = build_knn_graph(embeddings, k=k)
-            gi, gs = np.asarray(graph.indices), np.asarray(graph.similarities)
-            if len(gi) != n:
-                raise CurateError(f"the kNN graph has {len(gi)} rows but there are {n} samples; rebuild the graph")
-        suspects = np.zeros(n, dtype=bool)
-        for rnd in range(max(1, rounds)):
-            est, src, p_probe, p_knn = _estimate_round(
-                probe_X, gi, gs, codes, K, todo, probe_rows, is_singleton_row, suspects, probe_ok, use_knn,
-                probe_weight=probe_weight, knn_prior=knn_prior, knn_temperature=knn_temperature, n_folds=n_folds,
-                C=C, backend=backend, device=device, seed=seed, progress=progress, timings=timings, details=details)
-            if rnd + 1 < max(1, rounds):
-                # the next round refits the probe and recounts the votes without this round's suspects, so wrong
-                # labels stop pulling the estimate towards themselves (the cleaning step of CleanLearning / co-teaching)
-                suspects = _round_suspects(est, codes, probe_rows, singleton_cls, K, filter_by)
-                details["round_suspects"] = details.get("round_suspects", []) + [int(suspects.sum())]
-        details["rounds"] = max(1, rounds)
+        est, src = _estimate_probabilities(
+            embeddings, knn_graph, cls, todo, k=k, probe_dims=probe_dims, rounds=rounds, filter_by=filter_by,
+            probe_weight=probe_weight, knn_prior=knn_prior, knn_temperature=knn_temperature, n_folds=n_folds, C=C,
+            backend=backend, device=device, seed=seed, progress=progress, timings=timings, details=details)
         probs[todo] = est[todo]
         source[todo] = np.asarray(src, dtype=object)[todo]
-        details["probe_weight"] = probe_weight if probe_ok else 0.0
-        for name, p in (("probe", p_probe), ("knn", p_knn)):
-            if p is not None:
-                r = np.flatnonzero(todo)
-                details[f"{name}_agreement_with_given"] = float(np.mean(p[r].argmax(axis=1) == codes[r]))
 
-    # ----------------------------------------------------------------- confident learning on non-singleton rows
+    # 4. confident learning on non-singleton rows, 5. noise-rate calibration, 6. flags, 7. the result
     t = time.perf_counter()
-    cl_rows = np.flatnonzero(labeled & ~is_singleton_row)
-    cl_cols = np.setdiff1d(np.arange(K), singleton_cls)
-    if len(np.unique(codes[cl_rows])) < 2:
-        raise CurateError(
-            f"label issues need at least 2 classes with >= 2 labeled samples each; found {len(label_classes)} "
-            f"class(es) with counts {dict(zip(map(str, label_classes), counts[: len(label_classes)].tolist()))}")
-    remap = np.full(K, -1, dtype=np.int64)
-    remap[cl_cols] = np.arange(len(cl_cols))
-    y_cl = remap[codes[cl_rows]]
-    P_cl = probs[np.ix_(cl_rows, cl_cols)].astype(np.float64)
-    P_cl = np.clip(P_cl, 1e-12, None)  # cleanlab rejects exact zeros in some code paths
-    P_cl /= P_cl.sum(axis=1, keepdims=True)
-    with warnings.catch_warnings():
-        # "may not flag all label issues in class X, it has too few examples": reported via small_classes instead
-        warnings.filterwarnings("ignore", message=".*too few examples.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="cleanlab")
-        quality_cl = get_label_quality_scores(y_cl, P_cl, method=method)
-        issues_cl = cl_find_label_issues(y_cl, P_cl, filter_by=filter_by, n_jobs=1)
-        joint = estimate_joint(y_cl, P_cl)
+    cl = _confident_learning(probs, cls, method, filter_by)
     timings["cleanlab"] = round(time.perf_counter() - t, 3)
-
-    label_quality = np.full(n, np.nan)
-    is_issue = np.zeros(n, dtype=bool)
-    sugg_idx = np.full(n, -1, dtype=np.int64)
-    sugg_conf = np.full(n, np.nan)
-    label_quality[cl_rows] = quality_cl
-    sugg_idx[cl_rows] = cl_cols[P_cl.argmax(axis=1)]
-    sugg_conf[cl_rows] = P_cl.max(axis=1)
-    rate_cl = float(1.0 - np.trace(joint))
-    rate_anchor = anchor_noise_rate(P_cl, y_cl, anchor_fraction)
-    rate, resolution_limited = calibrated_noise_rate(rate_cl, rate_anchor)
-    details["noise_rate_confident_learning"] = rate_cl
-    details["noise_rate_anchor"] = rate_anchor
-    details["noise_rate_calibrated"] = rate
-    details["noise_below_encoder_resolution"] = resolution_limited
+    rate, resolution_limited = _calibrate_noise_rate(cl, anchor_fraction, details)
     details["flag_count"] = flag_count
-    if flag_count == "calibrated":
-        issues_cl = flag_lowest(quality_cl, P_cl.argmax(axis=1) != y_cl, int(round(rate * len(cl_rows))))
-    is_issue[cl_rows] = issues_cl
-
-    single_rows = np.flatnonzero(is_singleton_row)
-    if len(single_rows):
-        P_s = probs[single_rows].astype(np.float64)
-        P_s /= np.clip(P_s.sum(axis=1, keepdims=True), 1e-12, None)
-        own = P_s[np.arange(len(single_rows)), codes[single_rows]]
-        # quality on cleanlab's scale: self-confidence, or margin own - best other mapped to [0, 1]
-        other = P_s.copy()
-        other[np.arange(len(single_rows)), codes[single_rows]] = -1.0
-        if method == "normalized_margin":
-            label_quality[single_rows] = (own - other.max(axis=1) + 1.0) / 2.0
-        else:
-            label_quality[single_rows] = own
-        sugg_idx[single_rows] = P_s.argmax(axis=1)
-        sugg_conf[single_rows] = P_s.max(axis=1)
-        is_issue[single_rows] = (sugg_idx[single_rows] != codes[single_rows]) & (
-            sugg_conf[single_rows] >= singleton_flag_confidence)
-
-    rank = np.zeros(n, dtype=np.int64)
-    lab_rows = np.flatnonzero(labeled)
-    order = lab_rows[np.lexsort((lab_rows, label_quality[lab_rows]))]  # ties: input order
-    rank[order] = np.arange(1, len(order) + 1)
-
-    names_arr = np.array(class_names + [None], dtype=object)
-    suggested = names_arr[sugg_idx]  # -1 -> None
-    joint_classes = [_py(class_names[c]) for c in cl_cols]
-    row_sums = joint.sum(axis=1)
-    noise_rates = {c: float(1.0 - joint[i, i] / row_sums[i]) if row_sums[i] > 0 else 0.0
-                   for i, c in enumerate(joint_classes)}
-    timings["total"] = round(time.perf_counter() - t0, 3)
-    details["timings"] = timings
-    details["prob_sources"] = {str(k): int(v) for k, v in pd.Series(source[labeled]).value_counts().items()}
-    details["agreement_with_given"] = float(np.mean(sugg_idx[labeled] == codes[labeled]))
-    details["warnings"] = _warnings(details["agreement_with_given"], rate, small_classes,
-                                    int(labeled.sum()), resolution_limited, rate_cl, rate_anchor)
-    given = np.array([None] * n, dtype=object)
-    given[labeled] = labels[labeled]
-    return LabelIssuesResult(
-        is_labeled=labeled, given_label=given, label_quality=label_quality, is_issue=is_issue,
-        suggested_label=suggested, suggested_confidence=sugg_conf, rank=rank, prob_source=source,
-        pred_probs=probs, class_names=[_py(c) for c in class_names], joint=joint, joint_classes=joint_classes,
-        noise_rates=noise_rates, small_classes=small_classes,
-        unverifiable_classes=[_py(class_names[c]) for c in singleton_cls], details=details,
-    )
+    flags = _flag(cls, probs, cl, rate, flag_count=flag_count, method=method,
+                  singleton_flag_confidence=singleton_flag_confidence)
+    return _assemble(cls, probs, source, cl, flags, rate=rate, resolution_limited=resolution_limited,
+                     details=details, timings=timings, t0=t0)
 
 
 def _warnings(agreement: float, noise_rate: float, small_classes: dict, n_labeled: int,
@@ -808,7 +958,201 @@ def _warnings(agreement: float, noise_rate: float, small_classes: dict, n_labele
     return out
 
 
-# ---------------------------------------------------------------------------------------------- catalog wrapper
+# ---------------------------------------------------------------------------------------------- out of core
+@dataclass
+class StreamedLabelIssues:
+    """Per-sample label-issue results of :func:`label_issues_out_of_core` (row order = the graph's rows).
+
+    Attributes
+    ----------
+    label_quality : float32 [n]; cleanlab self-confidence, LOWER = more likely a wrong label.
+    is_issue : bool [n]; the ``num_issues`` lowest-quality rows (cleanlab's estimate of how many are wrong).
+    suggested_label : int64 [n]; argmax of the kNN-vote probabilities.
+    suggested_confidence : float32 [n].
+    num_issues : cleanlab's estimate of the number of label issues.
+    confident_thresholds : float [n_classes] from pass 1.
+    confident_joint : int64 [n_classes, n_classes] counts (given, confidently predicted) of pass 2 (cleanlab's
+        confident joint: a row counts for the highest-probability class whose probability reaches that class's
+        threshold); rows whose probabilities reach no threshold are not counted.
+
+    Unlabeled rows (label -1) have ``label_quality`` NaN, ``is_issue`` False and still get a suggestion.
+    """
+
+    label_quality: np.ndarray
+    is_issue: np.ndarray
+    suggested_label: np.ndarray
+    suggested_confidence: np.ndarray
+    num_issues: int
+    confident_thresholds: np.ndarray
+    seconds: dict = field(default_factory=dict)
+    confident_joint: np.ndarray | None = None
+
+    def noise_rates(self) -> np.ndarray:
+        """Per given class: the fraction of its confidently-counted rows whose confident class is another one."""
+        cj = np.asarray(self.confident_joint, dtype=np.float64)
+        tot = cj.sum(axis=1)
+        return np.where(tot > 0, 1.0 - np.diag(cj) / np.maximum(tot, 1.0), 0.0)
+
+    def ranked_issues(self) -> np.ndarray:
+        """Row positions of the flagged rows, most likely wrong first (ties by row)."""
+        rows = np.flatnonzero(self.is_issue)
+        return rows[np.lexsort((rows, self.label_quality[rows]))]
+
+
+def _blocks(n: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, block_rows):
+        yield s, min(n, s + block_rows)
+
+
+def label_issues_out_of_core(knn_indices: np.ndarray, knn_similarities: np.ndarray, labels: np.ndarray,
+                             n_classes: int, *, block_rows: int = 65_536, prior_strength: float = DEFAULT_KNN_PRIOR,
+                             out_dir: str | Path | None = None, sample_ids: np.ndarray | None = None
+                             ) -> StreamedLabelIssues:
+    """Label issues for every row from the (possibly memory-mapped) kNN graph, one block at a time.
+
+    kNN-vote class probabilities per block (:func:`knn_vote_proba` on the shared graph) are streamed twice through
+    cleanlab's batched API (:class:`cleanlab.experimental.label_issues_batched.LabelInspector`): pass 1 the
+    per-class confident thresholds, pass 2 the label quality scores, the issue count and the confident joint.
+    Memory: one block of probabilities plus a few bytes per row.
+
+    Parameters
+    ----------
+    knn_indices, knn_similarities : [n, k] arrays of the shared kNN graph (row positions, -1 padding).
+    labels : int [n] given class codes in ``0..n_classes-1``, -1 for unlabeled rows (they vote for nobody and are
+        not scored).
+    n_classes : number of classes.
+    block_rows : rows per block (memory: ``block_rows x n_classes`` probabilities).
+    prior_strength : smoothing of the kNN vote towards the class frequencies (see :func:`knn_vote_proba`).
+    out_dir : when given, one Parquet part per block (``sample_id`` from ``sample_ids``, ``label_quality``,
+        ``is_issue``, ``suggested_label``, ``suggested_confidence``) is written there
+        (:func:`curate.engine.shards.write_parquet_parts`; DuckDB reads them through
+        :meth:`~curate.engine.catalog.Catalog.register_parquet_view`).
+    sample_ids : int [n], needed with ``out_dir``.
+
+    Returns
+    -------
+    StreamedLabelIssues
+    """
+    from cleanlab.experimental.label_issues_batched import LabelInspector
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if knn_indices.shape[0] != n:
+        raise ValueError(f"kNN graph has {knn_indices.shape[0]} rows but there are {n} labels")
+    if n and (labels.min() < -1 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class codes in [0, {n_classes}) or -1; got {labels.min()}..{labels.max()}")
+    labeled = labels >= 0
+    if not labeled.any():
+        raise ValueError("no labeled row: label issues need given labels")
+    prior = np.bincount(labels[labeled], minlength=n_classes).astype(np.float64)
+    prior /= max(prior.sum(), 1.0)
+    inspector = LabelInspector(num_class=n_classes, store_results=True, verbose=False)
+    timings = {}
+
+    def probs(s: int, e: int) -> np.ndarray:
+        # rows= keeps global row numbers, so a row listed as its own neighbour is still skipped; indexing a
+        # memory-mapped graph with them reads only this block
+        return knn_vote_proba(knn_indices, knn_similarities, labels, n_classes, rows=np.arange(s, e),
+                              prior=prior, prior_strength=prior_strength)
+
+    t = time.perf_counter()
+    for s, e in _blocks(n, block_rows):  # pass 1: per-class confident thresholds
+        m = labeled[s:e]
+        if not m.any():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inspector.update_confident_thresholds(labels[s:e][m], probs(s, e)[m])
+    timings["pass1"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    quality = np.full(n, np.nan, np.float32)
+    suggested = np.empty(n, np.int64)
+    confidence = np.empty(n, np.float32)
+    thresholds = np.asarray(inspector.get_confident_thresholds(silent=True), dtype=np.float64)
+    cj = np.zeros((n_classes, n_classes), np.int64)
+    for s, e in _blocks(n, block_rows):  # pass 2: scores, the issue count and the confident joint
+        P = probs(s, e)
+        m = labeled[s:e]
+        if m.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quality[s:e][m] = inspector.score_label_quality(labels[s:e][m], P[m])
+            above = np.where(P[m] >= thresholds[None, :] - 1e-6, P[m], -np.inf)
+            counted = np.isfinite(above).any(axis=1)
+            np.add.at(cj, (labels[s:e][m][counted], above[counted].argmax(axis=1)), 1)
+        suggested[s:e] = P.argmax(axis=1)
+        confidence[s:e] = P[np.arange(e - s), suggested[s:e]]
+    num_issues = int(inspector.get_num_issues(silent=True))
+    # the inspector numbers the labeled rows in the order they were streamed
+    issue_rows = inspector.get_label_issues() if num_issues else np.empty(0, np.int64)
+    is_issue = np.zeros(n, bool)
+    is_issue[np.flatnonzero(labeled)[np.asarray(issue_rows, dtype=np.int64)]] = True
+    timings["pass2"] = round(time.perf_counter() - t, 3)
+    res = StreamedLabelIssues(quality, is_issue, suggested, confidence, num_issues, thresholds, timings, cj)
+    if out_dir is not None:
+        if sample_ids is None:
+            raise ValueError("sample_ids are needed to write Parquet parts")
+        write_parquet_parts(out_dir, n, block_rows, lambda s, e: pd.DataFrame({
+            "sample_id": np.asarray(sample_ids[s:e], np.int64), "given_label": labels[s:e],
+            "label_quality": quality[s:e], "is_issue": is_issue[s:e], "suggested_label": suggested[s:e],
+            "suggested_confidence": confidence[s:e]}))
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- the analysis
+@dataclass(frozen=True)
+class LabelIssuesConfig(Config):
+    """Options of the ``label_issues`` analysis; each is the :func:`find_label_issues` argument of that name.
+
+    ``k`` is also the degree of the shared kNN graph read; ``block_rows`` the graph rows per block out of core.
+    Out of core only ``k``, ``knn_prior`` and ``block_rows`` apply (the kNN vote is the only estimate there).
+    """
+
+    k: int = DEFAULT_K
+    n_folds: int = DEFAULT_N_FOLDS
+    method: str = "self_confidence"
+    filter_by: str = "prune_by_noise_rate"
+    probe_weight: float = DEFAULT_PROBE_WEIGHT
+    knn_prior: float = DEFAULT_KNN_PRIOR
+    knn_temperature: float | None = DEFAULT_KNN_TEMPERATURE
+    C: float = DEFAULT_LABEL_C
+    backend: str = "auto"
+    device: str = "auto"
+    singleton_flag_confidence: float = DEFAULT_SINGLETON_FLAG_CONFIDENCE
+    probe_dims: int | None = DEFAULT_PROBE_DIMS
+    rounds: int = DEFAULT_ROUNDS
+    flag_count: str = "calibrated"
+    anchor_fraction: float = DEFAULT_ANCHOR_FRACTION
+    seed: int = 0
+    block_rows: int = 65_536
+
+    def validate(self) -> None:
+        _check_options(method=self.method, filter_by=self.filter_by, probe_weight=self.probe_weight,
+                       n_folds=self.n_folds, flag_count=self.flag_count, anchor_fraction=self.anchor_fraction)
+        if int(self.k) < 1:
+            raise CurateError(f"label issues k must be >= 1, got {self.k}; try --k 10")
+        if not float(self.C) > 0:
+            raise CurateError(f"C (the probe's inverse regularisation) must be > 0, got {self.C}; try 0.003")
+        if self.backend not in PROBE_BACKENDS:
+            raise CurateError(f"unknown probe backend {self.backend!r}; use one of {', '.join(PROBE_BACKENDS)}")
+        if float(self.knn_prior) < 0:
+            raise CurateError(f"knn_prior must be >= 0 pseudo-neighbours, got {self.knn_prior}")
+        if self.knn_temperature is not None and float(self.knn_temperature) < 0:
+            raise CurateError(f"knn_temperature must be None or >= 0, got {self.knn_temperature}")
+        if self.probe_dims is not None and int(self.probe_dims) < 0:
+            raise CurateError(f"probe_dims must be None or >= 0, got {self.probe_dims}")
+        if int(self.rounds) < 0:
+            raise CurateError(f"rounds must be a count of estimation rounds (1 = one estimate), got {self.rounds}")
+        if int(self.block_rows) < 1:
+            raise CurateError(f"block_rows must be >= 1, got {self.block_rows}")
+
+    def estimate_options(self) -> dict[str, Any]:
+        """The :func:`find_label_issues` keyword arguments."""
+        opts = self.as_dict()
+        opts.pop("block_rows")
+        return opts
+
+
 def _imported_predictions(cat: Catalog, sample_ids: np.ndarray) -> tuple[np.ndarray | None, list | None, str | None]:
     """The ``predictions`` table aligned to ``sample_ids``: (probs with NaN rows where absent, class names, source)."""
     df = cat.query_df("SELECT sample_id, probs, class_names, source FROM predictions ORDER BY sample_id")
@@ -837,124 +1181,179 @@ def _imported_predictions(cat: Catalog, sample_ids: np.ndarray) -> tuple[np.ndar
     return out, names, ", ".join(sources)
 
 
-def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
-        progress: Any = None, **cfg: Any) -> dict:
-    """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the summary.
-
-    Loads the embeddings and the shared kNN graph (``indexes.graph.load_or_build_graph``), the current labels
-    (after live relabel decisions) and imported predictions; ``cfg`` goes to :func:`find_label_issues`.  When no
-    embeddings exist but imported predictions cover every labeled sample, those alone are used.
-
-    ``out_of_core`` (None = decided by :func:`engine.shards.use_out_of_core`): take the streamed path
-    (:func:`run_out_of_core`) instead.  ``progress``: an :data:`engine.progress.Progress` callback.
-    """
-    from curate.engine.progress import step
-    from curate.engine.shards import use_out_of_core
-
-    try:
-        big = use_out_of_core(cat, encoder, out_of_core)
-    except CurateError:
-        big = False  # no embeddings: the in-memory path reports it (or uses imported predictions)
-    if big:
-        with step(progress, "streamed kNN vote (out of core)"):
-            return run_out_of_core(cat, encoder, k=k)
+def _labeled_ids(cat: Catalog) -> tuple[pd.DataFrame, np.ndarray]:
+    """The current labels (after live relabel decisions) and the ids of the labeled samples."""
     labels_df = cat.current_labels()
-    labeled_ids = labels_df.loc[labels_df["label"].notna(), "sample_id"].to_numpy(np.int64)
-    es = graph = None
-    try:
-        from curate.indexes.graph import load_or_build_graph
+    return labels_df, labels_df.loc[labels_df["label"].notna(), "sample_id"].to_numpy(np.int64)
 
-        with step(progress, "kNN graph"):
-            es, graph = load_or_build_graph(cat, encoder=encoder, k=k, progress=progress)
-    except CurateError:
-        # no embeddings: still fine if the user imported predictions for every labeled sample
-        pp, _, _ = _imported_predictions(cat, labeled_ids)
-        if pp is None or not np.isfinite(pp).all(axis=1).all():
-            raise
-    if es is not None:
-        sample_ids = np.asarray(es.sample_ids, dtype=np.int64)
-        vectors = es.vectors
+
+def _predictions_cover_labels(cat: Catalog, labeled_ids: np.ndarray | None = None) -> bool:
+    """Whether imported predictions exist for every labeled sample (then no embedding is needed)."""
+    if labeled_ids is None:
+        labeled_ids = _labeled_ids(cat)[1]
+    pp, _, _ = _imported_predictions(cat, labeled_ids)
+    return pp is not None and bool(np.isfinite(pp).all(axis=1).all())
+
+
+def _run_summary(core: dict, *, encoder: str | None, n_unlabeled: int, n_labeled_not_embedded: int,
+                 predictions_source: str | None) -> dict:
+    """The run summary of both paths: :func:`summarize`'s record plus what the catalog adds."""
+    return {"encoder": encoder, **core, "n_unlabeled": int(n_unlabeled),
+            "n_labeled_not_embedded": int(n_labeled_not_embedded), "predictions_source": predictions_source}
+
+
+def summary_lines(summary: dict, small_below: int) -> list[str]:
+    """What ``curate audit labels`` prints: the flag count and noise estimate, the noisiest classes, the most
+    confused pairs, the small classes (fewer than ``small_below`` labeled samples) and the warnings."""
+    s = summary
+    lines = [f"{s['n_issues']} of {s['n_labeled']} labeled samples flagged; estimated label noise "
+             f"{s['estimated_noise_rate']:.1%} ({s['encoder'] or 'imported predictions'})"]
+    noisiest = sorted(s["noise_rate_per_class"].items(), key=lambda kv: -kv[1])[:5]
+    lines.append("noisiest classes: " + ", ".join(f"{c} {r:.1%}" for c, r in noisiest))
+    if s["top_confused_pairs"]:
+        pairs = [f"{p['given']} -> {p['true']} (~{p['estimated_count']})" for p in s["top_confused_pairs"][:5]]
+        lines.append("most confused (given -> true): " + ", ".join(pairs))
+    if s["small_classes"]:
+        lines.append(f"small classes (< {small_below} samples): "
+                     + ", ".join(f"{c} ({n})" for c, n in list(s["small_classes"].items())[:10]))
+    lines += [f"warning: {w}" for w in s.get("warnings", [])]
+    return lines
+
+
+def _compute_in_memory(inputs: Any, config: LabelIssuesConfig) -> Result:
+    """Probe + kNN vote (or imported predictions) over every vector: :func:`find_label_issues`."""
+    cat = inputs.cat
+    labels_df, labeled_ids = _labeled_ids(cat)
+    if inputs.encoder is None:  # no embeddings: fine when the user imported predictions for every labeled sample
+        if not _predictions_cover_labels(cat, labeled_ids):
+            inputs.embeddings  # noqa: B018  # raises the "no embeddings: run `curate embed`" error
+        sample_ids, vectors, graph = labeled_ids, None, None
     else:
-        sample_ids, vectors = labeled_ids, None
-    label_of = labels_df.set_index("sample_id")["label"]
-    labels = label_of.reindex(sample_ids).to_numpy(dtype=object)
+        graph = inputs.graph(config.k)
+        emb = inputs.embeddings
+        sample_ids = inputs.sample_ids()
+        _, vectors = emb.sample(len(emb))  # every row, in row order (no copy in memory)
+    labels = labels_df.set_index("sample_id")["label"].reindex(sample_ids).to_numpy(dtype=object)
     labels = np.array([None if pd.isna(v) else str(v) for v in labels], dtype=object)
     pred_probs, pred_names, pred_source = _imported_predictions(cat, sample_ids)
-    params = {"encoder": es.encoder if es is not None else None, "k": k, **cfg,
-              "predictions": pred_source}
-    run_id = cat.start_run("label_issues", params)
-    with cat.failing_run(run_id):
-        res = find_label_issues(vectors, labels, knn_graph=graph, pred_probs=pred_probs, pred_class_names=pred_names,
-                                k=k, progress=progress, **cfg)
-        df = res.to_frame(sample_ids)
-        n_not_embedded = int(len(np.setdiff1d(labeled_ids, sample_ids)))
-        summary = {"encoder": params["encoder"], **res.summary(), "n_unlabeled": int((~res.is_labeled).sum()),
-                   "n_labeled_not_embedded": n_not_embedded, "predictions_source": pred_source}
-        cat.replace_analysis("label_issues", df, run_id, summary)
-    return summary
+    res = find_label_issues(vectors, labels, knn_graph=graph, pred_probs=pred_probs, pred_class_names=pred_names,
+                            progress=inputs.progress, **config.estimate_options())
+    summary = _run_summary(res.summary(), encoder=inputs.encoder, n_unlabeled=int((~res.is_labeled).sum()),
+                           n_labeled_not_embedded=len(np.setdiff1d(labeled_ids, sample_ids)),
+                           predictions_source=pred_source)
+    return Result(summary, tables={"label_issues": res.to_frame(sample_ids)},
+                  lines=summary_lines(summary, config.n_folds), detail=res)
 
 
-def run_out_of_core(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, block_rows: int = 65_536) -> dict:
-    """Label issues of a project too large for memory; writes the same ``label_issues`` table as :func:`run`.
+def _compute_out_of_core(inputs: Any, config: LabelIssuesConfig) -> Result:
+    """The kNN vote over the memory-mapped graph, streamed through cleanlab (:func:`label_issues_out_of_core`);
+    labels are encoded inside DuckDB (:meth:`Catalog.label_codes`), the table is built from categoricals."""
+    from curate.engine.progress import step
 
-    The shared graph comes from :func:`indexes.graph.load_or_build_sharded_graph` (memory-mapped), the labels are
-    encoded inside DuckDB (:meth:`Catalog.label_codes`), and the scores are the kNN-vote probabilities streamed
-    twice through cleanlab's ``LabelInspector`` (:func:`engine.analyses.scale.label_issues_out_of_core`).  The
-    cross-validated linear probe and imported predictions are not used on this path (the probe needs every vector
-    in memory); the summary says ``"probabilities": "knn vote (out of core)"``.
-    """
-    from curate.engine.analyses.scale import label_issues_out_of_core
-    from curate.indexes.graph import load_or_build_sharded_graph
-
+    cat = inputs.cat
     t0 = time.perf_counter()
-    shards, graph = load_or_build_sharded_graph(cat, encoder, k=k)
+    graph = inputs.graph(config.k)
     t_graph = time.perf_counter() - t0
-    ids = shards.sample_ids()
+    ids = inputs.sample_ids()
     names, codes = cat.label_codes(ids)
     if not names:
         raise CurateError(f"no labeled samples among the {len(ids)} embedded ones; import labels first "
                           "(`curate import-labels FILE.csv` or class folders at ingest)")
-    params = {"encoder": shards.encoder, "k": k, "out_of_core": True}
-    run_id = cat.start_run("label_issues", params)
-    with cat.failing_run(run_id):
-        res = label_issues_out_of_core(graph.indices, graph.similarities, codes, len(names), block_rows=block_rows)
-        lab = np.flatnonzero(codes >= 0)
-        order = lab[np.lexsort((lab, res.label_quality[lab]))]  # rank 1 = most likely wrong; ties by row
-        df = pd.DataFrame({
-            "sample_id": ids[order],
-            "given_label": pd.Categorical.from_codes(codes[order], names),
-            "suggested_label": pd.Categorical.from_codes(res.suggested_label[order], names),
-            "suggested_confidence": res.suggested_confidence[order].astype(np.float64),
-            "label_quality": res.label_quality[order].astype(np.float64),
-            "is_issue": res.is_issue[order],
-            "rank": np.arange(1, len(order) + 1, dtype=np.int32),
-        })
-        counts = np.bincount(codes[lab], minlength=len(names))
-        joint = calibrated_joint(res.confident_joint, counts)
-        rates = res.noise_rates()
-        n_lab = int(len(lab))
-        agreement = float(np.mean(res.suggested_label[lab] == codes[lab]))
-        small = {names[c]: int(counts[c]) for c in range(len(names)) if counts[c] < 2}
-        summary = {
-            "encoder": shards.encoder, "out_of_core": True, "probabilities": "knn vote (out of core)",
-            "graph": {"method": graph.method, "recall": graph.recall, "cache": graph.cache},
-            "n_labeled": n_lab, "n_issues": int(res.is_issue.sum()),
-            "issue_fraction": float(res.is_issue.sum() / n_lab) if n_lab else 0.0,
-            "estimated_noise_rate": float(1.0 - np.trace(joint)),
-            "noise_rate_per_class": {names[c]: float(rates[c]) for c in range(len(names))},
-            "top_confused_pairs": confused_pairs(joint, names, n_lab),
-            "joint": joint_summary(joint, names),
-            "small_classes": small, "unverifiable_classes": [c for c, v in small.items() if v == 1],
-            "n_classes": len(names), "agreement_with_given": agreement,
-            "warnings": _warnings(agreement, float(1.0 - np.trace(joint)), {}, n_lab),
-            "n_unlabeled": int(len(ids) - n_lab), "n_labeled_not_embedded": int(cat.scalar(
-                "SELECT count(*) FROM current_labels cl WHERE cl.label IS NOT NULL AND cl.sample_id NOT IN "
-                "(SELECT e.sample_id FROM embedded e WHERE e.encoder = ?)", [shards.encoder])),
-            "predictions_source": None,
-            "timings": {"graph": round(t_graph, 3), **res.seconds, "total": round(time.perf_counter() - t0, 3)},
-        }
-        cat.replace_analysis("label_issues", df, run_id, summary)
-    return summary
+    with step(inputs.progress, "streamed kNN vote (out of core)"):
+        res = label_issues_out_of_core(graph.indices, graph.similarities, codes, len(names),
+                                       block_rows=config.block_rows, prior_strength=config.knn_prior)
+    lab = np.flatnonzero(codes >= 0)
+    order = lab[np.lexsort((lab, res.label_quality[lab]))]  # rank 1 = most likely wrong; ties by row
+    df = pd.DataFrame({
+        "sample_id": ids[order],
+        "given_label": pd.Categorical.from_codes(codes[order], names),
+        "suggested_label": pd.Categorical.from_codes(res.suggested_label[order], names),
+        "suggested_confidence": res.suggested_confidence[order].astype(np.float64),
+        "label_quality": res.label_quality[order].astype(np.float64),
+        "is_issue": res.is_issue[order],
+        "rank": np.arange(1, len(order) + 1, dtype=np.int32),
+    })
+    counts = np.bincount(codes[lab], minlength=len(names))
+    joint = calibrated_joint(res.confident_joint, counts)
+    rates = res.noise_rates()
+    n_lab = int(len(lab))
+    noise_rate = float(1.0 - np.trace(joint))
+    agreement = float(np.mean(res.suggested_label[lab] == codes[lab]))
+    small = {names[c]: int(counts[c]) for c in range(len(names)) if counts[c] < 2}
+    details = {"probabilities": "knn vote (out of core)",
+               "graph": {"method": graph.method, "recall": graph.recall, "cache": graph.cache},
+               "agreement_with_given": agreement, "warnings": _warnings(agreement, noise_rate, {}, n_lab),
+               "timings": {"graph": round(t_graph, 3), **res.seconds, "total": round(time.perf_counter() - t0, 3)}}
+    core = summarize(n_labeled=n_lab, n_issues=int(res.is_issue.sum()), noise_rate=noise_rate,
+                     noise_rates={names[c]: float(rates[c]) for c in range(len(names))}, joint=joint,
+                     joint_classes=names, small_classes=small,
+                     unverifiable_classes=[c for c, v in small.items() if v == 1], n_classes=len(names),
+                     details=details)
+    not_embedded = cat.scalar(
+        "SELECT count(*) FROM current_labels cl WHERE cl.label IS NOT NULL AND cl.sample_id NOT IN "
+        "(SELECT e.sample_id FROM embedded e WHERE e.encoder = ?)", [inputs.encoder])
+    summary = _run_summary(core, encoder=inputs.encoder, n_unlabeled=len(ids) - n_lab,
+                           n_labeled_not_embedded=int(not_embedded), predictions_source=None)
+    return Result(summary, tables={"label_issues": df}, lines=summary_lines(summary, 2), detail=res)
+
+
+def compute(inputs: Any, config: LabelIssuesConfig) -> Result:
+    """Score every labeled sample: the registered ``label_issues`` computation, in memory and out of core.
+
+    In memory: :func:`find_label_issues` on the vectors, the shared kNN graph, the current labels (after live
+    relabel decisions) and imported predictions (without embeddings, imported predictions that cover every labeled
+    sample are used alone).  Out of core (``inputs.out_of_core``): the streamed kNN vote; the cross-validated probe
+    and imported predictions are left out.  Both paths write the ``label_issues`` table and a summary built by
+    :func:`summarize`.
+    """
+    if inputs.out_of_core and inputs.encoder is not None:
+        return _compute_out_of_core(inputs, config)
+    return _compute_in_memory(inputs, config)
+
+
+ANALYSIS = register("label_issues", compute, config=LabelIssuesConfig,
+                    title="probably wrong labels and what they should be", tables=("label_issues",),
+                    needs=frozenset({"embeddings", "graph", "labels"}), order=10,
+                    in_memory_only=("cross-validated probe", "imported predictions"))
+# the same analysis for a project without embeddings whose imported predictions cover every labeled sample
+_PREDICTIONS_ONLY = dataclasses.replace(ANALYSIS, needs=frozenset({"labels"}))
+
+
+def _config(**options: Any) -> LabelIssuesConfig:
+    """The config from keyword options; unlike ``Config.from_options`` an explicit None is kept (``probe_dims=None``
+    means the full vectors)."""
+    names = {f.name for f in dataclasses.fields(LabelIssuesConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise CurateError(f"unknown option(s) {', '.join(unknown)} for label issues; valid options: "
+                          f"{', '.join(sorted(names))}")
+    return LabelIssuesConfig(**options)
+
+
+def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
+        progress: Any = None, **cfg: Any) -> dict:
+    """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the summary.
+
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :func:`compute`);
+    ``cfg`` are the :class:`LabelIssuesConfig` options (the :func:`find_label_issues` arguments, ``block_rows``).
+    ``out_of_core`` None lets :meth:`curate.engine.inputs.Inputs.open` decide.  When no embeddings exist but
+    imported predictions cover every labeled sample, those alone are used.  ``progress``: an
+    :data:`curate.engine.progress.Progress` callback.
+    """
+    from curate.engine.inputs import Inputs
+
+    config = _config(k=k, **cfg)
+    analysis, error = ANALYSIS, None
+    try:
+        inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, k=k, progress=progress)
+    except CurateError as exc:  # the named encoder has no embeddings: imported predictions may still do
+        inputs, error = None, exc
+    if inputs is None or inputs.encoder is None:
+        if _predictions_cover_labels(cat):
+            inputs, analysis = Inputs(cat, None, False, k=k, progress=progress), _PREDICTIONS_ONLY
+        elif error is not None:
+            raise error
+    return registry_run(cat, analysis, config, inputs=inputs).summary
 
 
 def top_issues(cat: Catalog, limit: int = 20, issues_only: bool = True) -> pd.DataFrame:
