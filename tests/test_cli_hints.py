@@ -1,5 +1,6 @@
-"""Every `curate ...` command that Curate shows a user (UI hints, CLI help and messages, README) parses with the
-real CLI: Click's parser walks the command groups and binds every option and argument, nothing is executed."""
+"""Every `curate ...` command that Curate shows a user (UI hints, CLI help and messages, README.md and docs/*.md)
+parses with the real CLI: Click's parser walks the command groups and binds every option and argument, nothing is
+executed."""
 
 from __future__ import annotations
 
@@ -69,13 +70,34 @@ def check(text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the strings
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    found = []
-    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
-        found += [ln.strip() for ln in block.splitlines() if ln.strip().startswith("curate ")]
-    found += re.findall(r"(?<!\\)`(curate [^`]+)`", text)  # inline code (a \` is a literal backtick, not code)
+DOCS = ["README.md", *sorted(f"docs/{f.name}" for f in (ROOT / "docs").glob("*.md"))]
+SHELL_BLOCKS = ("", "bash", "sh", "shell", "console")  # fenced blocks whose `curate ...` lines are commands
+
+
+def doc_commands(text: str) -> list[str]:
+    """`curate ...` lines of the shell code blocks and inline `curate ...` code spans of a Markdown text.
+
+    Fences are paired in order and the opening fence's language decides: the lines of a shell block (no language,
+    bash, sh, console) are commands; a ```text block holds neither commands nor code spans (commands of a CLI that
+    is not there yet are written in one)."""
+    found, spans = [], []
+    pos = 0
+    for m in re.finditer(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", text, re.S | re.M):
+        spans.append(text[pos:m.start()])
+        pos = m.end()
+        if m.group(1) in SHELL_BLOCKS:
+            found += [ln.strip() for ln in m.group(2).splitlines() if ln.strip().startswith("curate ")]
+        if m.group(1) != "text":
+            spans.append(m.group(2))
+    spans.append(text[pos:])
+    for part in spans:  # inline code (a \` is a literal backtick, not code)
+        found += re.findall(r"(?<!\\)`(curate [^`]+)`", part)
     return [c for c in dict.fromkeys(found) if "COMMAND" not in c]
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """``(file, command)`` for every command in README.md and docs/*.md."""
+    return [(name, c) for name in DOCS for c in doc_commands((ROOT / name).read_text())]
 
 
 def source_commands() -> list[tuple[str, str]]:
@@ -137,13 +159,27 @@ def test_getting_started_and_help_examples_parse():
         assert parse(examples[0]).command_path == f"curate {name}", name
 
 
-@pytest.mark.parametrize("line", readme_commands())
-def test_readme_command_parses(line):
+@pytest.mark.parametrize("where,line", readme_commands())
+def test_readme_command_parses(where, line):
     check(line)
 
 
 def test_readme_has_commands():
-    assert len(readme_commands()) > 60
+    found = readme_commands()
+    assert len(found) > 60
+    assert sum(w == "README.md" for w, _ in found) >= 5  # the CLI tour
+    assert {"docs/cli.md", "docs/analyses.md", "docs/formats.md", "docs/scaling.md"} <= {w for w, _ in found}
+
+
+def test_doc_commands_reads_shell_blocks_and_inline_code_but_not_text_blocks():
+    """The extraction the docs test relies on: fences pair in order, a ```text block is skipped whole."""
+    text = ("Run `curate status` first.\n```text\ncurate audit nosuch\n`curate audit nosuch2`\n```\n"
+            "then\n```bash\ncurate ui -p x   # serve\n```\n```python\nx = 1  # see `curate index`\n"
+            "curate = 2\n```\nand `curate demo`.\n")
+    assert sorted(doc_commands(text)) == ["curate demo", "curate index", "curate status", "curate ui -p x   # serve"]
+    with pytest.raises(Exception):
+        for c in doc_commands("```bash\ncurate audit nosuch -p x\n```\n"):
+            check(c)
 
 
 @pytest.mark.parametrize("where,line", source_commands())
