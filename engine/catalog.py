@@ -850,10 +850,10 @@ class Catalog:
 
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ValueError(f"not a valid analysis table name: {name!r} (lower-case letters, digits and _)")
-        row = con.execute("SELECT value FROM meta WHERE key = 'analysis_tables'").fetchone()
-        created = json.loads(row[0]) if row else []
+        rows = con.execute("SELECT value FROM meta WHERE key = 'analysis_tables'").fetchall()
+        created = json.loads(rows[0][0]) if rows else []
         exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                             [name]).fetchone()[0]
+                             [name]).fetchall()[0][0]
         if exists and name not in created:
             raise ValueError(f"not an analysis table: {name}")
         if not exists:

@@ -23,7 +23,7 @@ from curate.engine.progress import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Curate: find and fix label errors, duplicates and outliers in image datasets.")
 
-# `curate audit NAME` for dedicated commands below whose name differs from the registered analysis's name
+# the audit sub-command names of dedicated commands below whose name differs from the registered analysis's name
 _AUDIT_ALIASES = {"label_issues": "labels", "label-issues": "labels", "image_quality": "quality",
                   "image-quality": "quality"}
 
@@ -31,7 +31,7 @@ _AUDIT_ALIASES = {"label_issues": "labels", "label-issues": "labels", "image_qua
 class _AuditGroup(typer.core.TyperGroup):
     """``curate audit``: the commands defined below, plus one generated command per registered analysis that has
     no dedicated command (the registry is read when the command line is parsed, so an analysis registered by a
-    plugin or a test shows up in ``curate audit --help`` and runs as ``curate audit NAME``)."""
+    plugin or a test shows up in the help of ``curate audit`` and runs as its own sub-command)."""
 
     def list_commands(self, ctx):
         from curate.engine.analyses import registry
@@ -406,7 +406,7 @@ def _parse_setting(text: str) -> tuple[str, object]:
 
 
 def _registry_command(analysis):
-    """A ``curate audit NAME`` command for a registered analysis: its config fields are set with ``--set``."""
+    """The ``curate audit`` sub-command of a registered analysis: its config fields are set with ``--set``."""
     import dataclasses
 
     fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(analysis.config)

@@ -112,11 +112,13 @@ def source_commands() -> list[tuple[str, str]]:
 
 
 def test_the_parser_rejects_what_the_cli_rejects():
-    """The check can fail: the guesses of issue 15 do not parse."""
-    for bad in ("curate audit -p myproj", "curate audit label-issues", "curate embed --encodr x", "curate audit"):
+    """The check can fail: the guesses of issue 15 do not parse (except `curate audit label-issues`, which now runs
+    the registered label_issues analysis)."""
+    parse("curate audit label-issues -p myproj")
+    for bad in ("curate audit -p myproj", "curate audit label-errors", "curate embed --encodr x", "curate audit"):
         with pytest.raises(Exception):
             parse(bad)
-    for bad in ("curate audit labels [--topp N]", "curate audit label-issues", "curate audit|cluster [--k K]"):
+    for bad in ("curate audit labels [--topp N]", "curate audit label-errors", "curate audit|cluster [--k K]"):
         with pytest.raises(AssertionError):
             check(bad)
     ctx = parse("curate audit all -p 'my proj' --cluster-k 3")

@@ -2,7 +2,7 @@
 
 In the manner of cleanlab Datalab's issue managers, an analysis is
 
-* a **name** (``curate audit <name>``, ``runs.kind``, ``project.audit([...])``),
+* a **name** (the ``curate audit`` sub-command, ``runs.kind``, ``project.audit([...])``),
 * a frozen, validated **config** (a :class:`Config` dataclass: its fields are the analysis's options, checked once
   in ``validate`` with an error that names the option and a valid value),
 * a pure **compute** ``(inputs, config) -> Result`` over :class:`curate.engine.inputs.Inputs` (embeddings through the
@@ -11,7 +11,7 @@ In the manner of cleanlab Datalab's issue managers, an analysis is
 
 :func:`run` is the one runner: it resolves the encoder and the size switch once (:meth:`Inputs.open`), records
 the run in the catalog, calls ``compute``, writes the result's tables and the summary in one transaction, and marks
-the run failed (with its first error line) when anything raises.  ``curate audit <name>``, ``curate audit all``,
+the run failed (with its first error line) when anything raises.  Each ``curate audit`` command, ``curate audit all``,
 :func:`curate.engine.pipeline.run_audit`, the UI's overview and :meth:`curate.Project.audit` all iterate
 :func:`analyses`.  Adding an analysis is one module with one :func:`register` call::
 
@@ -112,7 +112,7 @@ class Analysis:
     name : the registry key and ``curate audit`` name (lower case, ``_`` or ``-`` between words).
     compute : ``(inputs, config) -> Result``.
     config : the :class:`Config` subclass of its options.
-    title : one line for ``curate audit --help`` and the UI overview.
+    title : one line for the help of ``curate audit`` and the UI overview.
     tables : the catalog tables its results replace (for the overview; a table missing from the catalog is
         created from the result's columns).
     needs : what it reads, out of ``embeddings``, ``graph``, ``labels``, ``files``; an analysis that needs no
