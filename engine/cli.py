@@ -391,6 +391,12 @@ def audit_all(
         raise typer.Exit(1)
 
 
+def _print_lines(result) -> None:
+    """An analysis's printable findings (:meth:`Result.printable`), one per line."""
+    for line in result.printable():
+        console.print(line, markup=False, highlight=False, style="yellow" if line.startswith("warning:") else None)
+
+
 def _parse_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` of ``--set``; the value read as JSON (numbers, true/false, null) or else as a string."""
     import json
@@ -428,8 +434,7 @@ def _registry_command(analysis):
         cat = open_project(project)
         with shown(analysis.name, progress_enabled(quiet)) as progress:
             res = registry.run(cat, analysis, encoder=encoder, out_of_core=out_of_core, progress=progress, **options)
-        for line in res.printable():
-            console.print(line, markup=False, highlight=False)
+        _print_lines(res)
         for table, df in res.tables.items():
             console.print(f"{table}: {len(df)} rows written", highlight=False)
 
@@ -472,20 +477,9 @@ def audit_labels(
 
     cat = open_project(project)
     with shown("label issues", progress_enabled(quiet)) as progress:
-        s = label_issues.run(cat, encoder=encoder, n_folds=folds, method=method, seed=seed, out_of_core=out_of_core,
-                             progress=progress)
-    console.print(f"{s['n_issues']} of {s['n_labeled']} labeled samples flagged; estimated label noise "
-                  f"{s['estimated_noise_rate']:.1%} ({s['encoder'] or 'imported predictions'})", markup=False)
-    noisiest = sorted(s["noise_rate_per_class"].items(), key=lambda kv: -kv[1])[:5]
-    console.print("noisiest classes: " + ", ".join(f"{c} {r:.1%}" for c, r in noisiest), markup=False)
-    if s["top_confused_pairs"]:
-        pairs = [f"{p['given']} -> {p['true']} (~{p['estimated_count']})" for p in s["top_confused_pairs"][:5]]
-        console.print("most confused (given -> true): " + ", ".join(pairs), markup=False)
-    if s["small_classes"]:
-        console.print(f"small classes (< {folds} samples): "
-                      + ", ".join(f"{c} ({n})" for c, n in list(s["small_classes"].items())[:10]), markup=False)
-    for w in s.get("warnings", []):
-        console.print(f"warning: {w}", markup=False, style="yellow")
+        res = label_issues.run_result(cat, encoder=encoder, n_folds=folds, method=method, seed=seed,
+                                      out_of_core=out_of_core, progress=progress)
+    _print_lines(res)
     _print_df(label_issues.top_issues(cat, limit=top), title="most likely label issues", max_rows=top)
 
 
@@ -511,21 +505,15 @@ def audit_duplicates(
 
     Example: curate audit duplicates -p my-project --threshold 0.95
     """
-    from curate.engine.analyses import duplicates
+    from curate.engine.analyses import duplicates, registry
 
     cat = open_project(project)
     with shown("duplicates", progress_enabled(quiet)) as progress:
-        s = duplicates.run(cat, encoder=encoder, threshold=threshold, k=k, seed=seed, semdedup=semdedup,
-                           hash_distance=None if hash_distance < 0 else hash_distance, out_of_core=out_of_core,
-                           progress=progress, pixel_check=pixel_check)
-    hd = "off" if s["hash_distance"] is None else f"<= {s['hash_distance']}"
-    console.print(f"{s['sets']} duplicate sets ({s['exact_sets']} exact, {s['near_sets']} near) holding "
-                  f"{s['samples_in_sets']} samples; removing all but the keepers drops {s['would_remove']} "
-                  f"(cosine >= {s['threshold']:.3f} on {s['encoder']}, pHash distance {hd}"
-                  + (f", {s['pixel_verified']} of {s['pixel_candidates']} closer neighbours confirmed by pixels)"
-                     if s.get("pixel_check") else ")"),
-                  highlight=False)
-    console.print(f"train/test leakage: {s['leakage_pairs']} cross-split pairs, {s['sets_crossing_splits']} sets")
+        res = registry.run(cat, "duplicates", encoder=encoder, out_of_core=out_of_core, graph_k=k, progress=progress,
+                           threshold=threshold, k=k, seed=seed, semdedup=semdedup,
+                           hash_distance=None if hash_distance < 0 else hash_distance, pixel_check=pixel_check)
+    _print_lines(res)
+    s = res.summary
     top = duplicates.largest_sets(cat, limit=10)
     if len(top):
         _print_df(top, title="largest duplicate sets")
@@ -553,12 +541,13 @@ def audit_outliers(
 
     Example: curate audit outliers -p my-project
     """
-    from curate.engine.analyses import outliers
+    from curate.engine.analyses import outliers, registry
 
     cat = open_project(project)
     with shown("outliers", progress_enabled(quiet)) as progress:
-        s = outliers.run(cat, encoder=encoder, k=k, z_threshold=z, out_of_core=out_of_core, progress=progress)
-    console.print(f"{s['flagged']} of {s['n']} samples flagged as outliers (score < {s['score_cutoff']:.3f})")
+        res = registry.run(cat, "outliers", encoder=encoder, out_of_core=out_of_core, graph_k=k, progress=progress,
+                           k=k, z_threshold=z)
+    _print_lines(res)
     _print_df(outliers.top_outliers(cat, limit=15), title="most outlying samples")
 
 

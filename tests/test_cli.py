@@ -67,11 +67,11 @@ def test_unknown_option_is_one_line_and_exit_2(tmp_path):
 
 
 def test_unknown_command_is_one_line_with_did_you_mean_and_exit_2():
-    r = entry_point("audit", "label-issues")
+    r = entry_point("audit", "lables")
     assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines == ["Usage: curate audit [OPTIONS] COMMAND [ARGS]...",
-                     "error: No such command 'label-issues'. Did you mean 'labels'? See `curate audit --help`."]
+                     "error: No such command 'lables'. Did you mean 'labels'? See `curate audit --help`."]
     r = entry_point("audti")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: No such command 'audti'.")
     assert "Did you mean 'audit'?" in r.stderr

@@ -1332,7 +1332,13 @@ def _config(**options: Any) -> LabelIssuesConfig:
 
 def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
         progress: Any = None, **cfg: Any) -> dict:
-    """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the summary.
+    """:func:`run_result`'s summary."""
+    return run_result(cat, encoder=encoder, k=k, out_of_core=out_of_core, progress=progress, **cfg).summary
+
+
+def run_result(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_core: bool | None = None,
+               progress: Any = None, **cfg: Any) -> Result:
+    """Score every labeled sample and write the ``label_issues`` table plus a run record; returns the Result.
 
     The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :func:`compute`);
     ``cfg`` are the :class:`LabelIssuesConfig` options (the :func:`find_label_issues` arguments, ``block_rows``).
@@ -1353,7 +1359,7 @@ def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out_of_cor
             inputs, analysis = Inputs(cat, None, False, k=k, progress=progress), _PREDICTIONS_ONLY
         elif error is not None:
             raise error
-    return registry_run(cat, analysis, config, inputs=inputs).summary
+    return registry_run(cat, analysis, config, inputs=inputs)
 
 
 def top_issues(cat: Catalog, limit: int = 20, issues_only: bool = True) -> pd.DataFrame:
