@@ -1,10 +1,9 @@
-"""Analyses out of core: label issues, near-duplicates and clusters over embedding shards and a sharded kNN graph.
+"""Analyses out of core: label issues and near-duplicates over embedding shards and a sharded kNN graph.
 
-The in-memory analyses (:mod:`engine.analyses.label_issues`, :mod:`~engine.analyses.duplicates`,
-:mod:`~engine.analyses.clusters`) take one float32 matrix.  These versions take
-:class:`engine.shards.ShardedEmbeddings` (and a kNN graph whose arrays may be memory maps) and touch one block at
-a time, so their memory is bounded by a block, the per-sample outputs (a few bytes each) and, for dedup, one
-k-means partition — never by ``n x dim``.
+The in-memory analyses (:mod:`engine.analyses.label_issues`, :mod:`~engine.analyses.duplicates`) take one float32
+matrix.  These versions take :class:`engine.shards.ShardedEmbeddings` (and a kNN graph whose arrays may be memory
+maps) and touch one block at a time, so their memory is bounded by a block, the per-sample outputs (a few bytes
+each) and, for dedup, one k-means partition — never by ``n x dim``.
 
 * :func:`label_issues_out_of_core` — kNN-vote class probabilities per block (:func:`knn_vote_proba` on the shared
   graph) streamed twice through cleanlab's batched API (:class:`cleanlab.experimental.label_issues_batched.
@@ -12,8 +11,10 @@ k-means partition — never by ``n x dim``.
 * :func:`partitioned_near_duplicates` — k-means on a sample, every row assigned to its ``probes`` nearest
   centroids shard by shard, then exact all-pairs similarity inside each partition; partitions run in this process
   or as Ray tasks (same function, same pairs).  Cost ~ ``n * probes * points_per_partition * d``: linear in n.
-* :func:`sampled_kmeans` — k-means (:func:`engine.analyses.clusters.kmeans`) on a seeded sample, then every row
-  assigned shard by shard; or ``method="minibatch"``: scikit-learn ``MiniBatchKMeans.partial_fit`` over blocks.
+
+k-means over shards (a seeded sample, then every row assigned block by block) lives with the rest of the
+clustering in :mod:`engine.analyses.clusters` (:func:`~engine.analyses.clusters.sampled_kmeans`,
+:func:`~engine.analyses.clusters.assign_all_rows`), written once over the embeddings interface.
 
 Large per-sample results are written as Parquet parts and exposed to DuckDB as a view
 (:meth:`engine.catalog.Catalog.register_parquet_view`): the catalog stays DuckDB without copying 10^7 rows in.
@@ -338,59 +339,3 @@ def partitioned_near_duplicates(shards: Any, threshold: float = 0.97, *, points_
     i, j, s = _canonical(*(np.concatenate(r) for r in zip(*results)))
     timings["pairs"] = round(time.perf_counter() - t, 3)
     return PartitionedPairs(i, j, s, k, primary, timings)
-
-
-# ================================================================================================ clustering
-@dataclass
-class ShardedClusters:
-    """k-means over shards: ``labels`` int32 [n], ``distances`` float32 [n] (L2 to the centroid), ``centroids``."""
-
-    labels: np.ndarray
-    distances: np.ndarray
-    centroids: np.ndarray
-    sizes: np.ndarray
-    method: str
-    trained_on: int
-
-
-def sampled_kmeans(shards: Any, k: int, *, method: str = "sampled", sample_size: int = 200_000, seed: int = 0,
-                   niter: int = 25, nredo: int = 1, block_rows: int = 65_536) -> ShardedClusters:
-    """k-means clusters of every row without loading all rows.
-
-    ``method="sampled"``: :func:`engine.analyses.clusters.kmeans` on a seeded sample of ``sample_size`` rows (all
-    rows when there are fewer — then the centroids are exactly the in-memory ones), then each block assigned to its
-    nearest centroid.  ``method="minibatch"``: scikit-learn ``MiniBatchKMeans.partial_fit`` over every block
-    (one pass), then the same assignment pass.
-    """
-    import faiss
-
-    n, d = len(shards), shards.dim
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
-    if method == "sampled":
-        from curate.engine.analyses.clusters import kmeans
-
-        _, sample = shards.sample(sample_size, seed=seed)
-        centroids = kmeans(sample, k, seed=seed, niter=niter, nredo=nredo).centroids
-        trained = len(sample)
-    elif method == "minibatch":
-        from sklearn.cluster import MiniBatchKMeans
-
-        mbk = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=min(block_rows, 4096))
-        for _start, _ids, X in shards.iter_blocks(block_rows):
-            if len(X) >= k:
-                mbk.partial_fit(X)
-        centroids = mbk.cluster_centers_.astype(np.float32)
-        trained = n
-    else:
-        raise ValueError(f"method must be sampled or minibatch, got {method!r}")
-    index = faiss.IndexFlatL2(d)
-    index.add(np.ascontiguousarray(centroids, np.float32))
-    labels = np.empty(n, np.int32)
-    dist = np.empty(n, np.float32)
-    for start, _ids, X in shards.iter_blocks(block_rows):
-        D, I = index.search(X, 1)
-        labels[start:start + len(X)] = I[:, 0]
-        dist[start:start + len(X)] = np.sqrt(np.maximum(D[:, 0], 0))
-    return ShardedClusters(labels, dist, np.asarray(centroids, np.float32), np.bincount(labels, minlength=k),
-                           method, trained)
