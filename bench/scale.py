@@ -132,7 +132,6 @@ def stage(name: str, mode: str, project: str, n: int, k: int, workers: int, knn_
     """Run one stage; returns its measurements (time excludes imports and Ray start-up)."""
     import faiss  # noqa: F401
 
-    from curate.engine.analyses import scale as an
     from curate.engine.analyses.duplicates import partitioned_near_duplicates
     from curate.engine.analyses.label_issues import label_issues_out_of_core
     from curate.engine.catalog import open_project

@@ -652,7 +652,7 @@ def import_labels_cmd(
 
     Example: curate import-labels labels.csv -p my-project
     """
-    from curate.engine.analyses.active import import_labels
+    from curate.engine.labels_io import import_labels
 
     rep = import_labels(open_project(project), file, source=source)
     console.print(f"{rep.added} labels added ({rep.already_same} unchanged, {rep.skipped_empty} empty rows skipped)"

@@ -252,13 +252,6 @@ def embedded_count(cat: Catalog, encoder: str | None = None) -> tuple[str, int, 
     return name, n, dim
 
 
-def use_out_of_core(cat: Catalog, encoder: str | None = None, out_of_core: bool | None = None) -> bool:
-    """Transitional: :meth:`curate.engine.inputs.Inputs.open` makes this decision."""
-    from curate.engine.inputs import Inputs
-
-    return Inputs.open(cat, encoder, out_of_core).out_of_core
-
-
 class ShardRows:
     """An :class:`engine.embed.EmbeddingSet`-shaped view of shards for code that looks up single rows.
 

@@ -23,6 +23,7 @@ from curate.engine.analyses.active import (
 )
 from curate.engine.analyses.probe import LinearProbe
 from curate.engine.catalog import CurateError
+from curate.engine.labels_io import import_labels
 
 
 def unit(x):
@@ -242,13 +243,13 @@ def test_catalog_loop_query_import_requery(tmp_path, labeled_pool_project):
     picked = q["sample_id"].tolist()
     back = pd.DataFrame({"sample_id": picked[:3], "label": [truth[s] for s in picked[:3]]})
     back.to_csv(tmp_path / "l.csv", index=False)
-    rep = active.import_labels(cat, tmp_path / "l.csv")
+    rep = import_labels(cat, tmp_path / "l.csv")
     assert rep.added == 3 and rep.new_classes == []
     ls_export = [{"data": {"image": "x", "sample_id": s},
                   "annotations": [{"result": [{"value": {"choices": [truth[s]]}, "type": "choices"}]}]}
                  for s in picked[3:]]
     (tmp_path / "ls.json").write_text(json.dumps(ls_export))
-    assert active.import_labels(cat, tmp_path / "ls.json").added == 3
+    assert import_labels(cat, tmp_path / "ls.json").added == 3
     src = cat.query_df("SELECT source, count(*) AS n FROM labels GROUP BY source")
     assert dict(zip(src["source"], src["n"]))["annotation"] == 6
 
@@ -277,11 +278,41 @@ def test_catalog_exclusions_and_errors(tmp_path, labeled_pool_project):
         active.run(cat, strategy="magic", encoder=enc)
     (tmp_path / "bad.csv").write_text("sample_id,label\n999999,cat\n")
     with pytest.raises(CurateError, match="row 2: sample 999999 does not exist"):
-        active.import_labels(cat, tmp_path / "bad.csv")
+        import_labels(cat, tmp_path / "bad.csv")
     (tmp_path / "nolabel.csv").write_text("sample_id,what\n1,cat\n")
     with pytest.raises(CurateError, match="needs a 'label' column"):
-        active.import_labels(cat, tmp_path / "nolabel.csv")
+        import_labels(cat, tmp_path / "nolabel.csv")
     path = cat.sample(unlabeled[1])["path"]
     (tmp_path / "bypath.csv").write_text(f"path,label\n{path},class0\n,\n")
-    rep = active.import_labels(cat, tmp_path / "bypath.csv")
+    rep = import_labels(cat, tmp_path / "bypath.csv")
     assert rep.added == 1 and rep.skipped_empty == 1
+
+
+def test_query_config_resolves_aliases_and_is_validated():
+    from curate.engine.analyses.active import QueryConfig
+
+    cfg = QueryConfig(strategy="uncertainty", probcover_k=12)
+    assert cfg.strategy == "margin" and cfg.strategy_config() == StrategyConfig(probcover_k=12)
+    assert QueryConfig().strategy_config() == StrategyConfig()
+    with pytest.raises(CurateError, match="unknown strategy"):
+        QueryConfig(strategy="magic")
+    with pytest.raises(CurateError, match="--budget must be at least 1"):
+        QueryConfig(budget=0)
+    with pytest.raises(CurateError, match="probcover_purity"):
+        QueryConfig(probcover_purity=1.5)
+
+
+def test_registered_query_appends_a_batch_and_prints_it(labeled_pool_project):
+    from curate.engine.analyses import registry
+    from curate.engine.analyses.active import QueryResult
+
+    cat, enc, ids, y = labeled_pool_project
+    res = registry.run(cat, "query", encoder=enc, strategy="coreset", budget=4, export=False)
+    again = registry.run(cat, "query", encoder=enc, strategy="random", budget=3, export=False)
+    assert isinstance(res.detail, QueryResult) and (res.detail.batch_id, again.detail.batch_id) == (1, 2)
+    run = cat.last_run("query")
+    assert again.detail.run_id == run["id"] and run["summary"]["batch_id"] == 2 and run["params"]["strategy"] == "random"
+    assert cat.scalar("SELECT count(*) FROM queries") == 7  # batches are appended, not replaced
+    lines = res.printable()
+    assert lines[0].startswith("batch 1: 4 samples by coreset; excluded:") and len(lines) == 1 + 4
+    assert res.detail.files == [] and not (cat.root / "exports" / "query-1").exists()

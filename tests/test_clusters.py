@@ -214,6 +214,56 @@ def test_catalog_run_writes_clusters_and_summaries(tmp_path, project):
     assert json.loads(project.scalar("SELECT summary FROM runs WHERE id = ?", [res2.run_id]))["method"] == "hdbscan"
 
 
+def test_registered_analysis_returns_the_cluster_run_and_the_printed_lines(tmp_path, project):
+    from curate.engine.analyses import registry
+    from curate.engine.analyses.clusters import ClusterRun
+
+    X, y = planted_blobs(k=3, n_per=14, noise=0.08, seed=9)
+    _project_with_embeddings(tmp_path, project, X, [f"class{c}" for c in y])
+    res = registry.run(project, "clusters", name_clusters=False)
+    run = project.last_run("clusters")
+    assert isinstance(res.detail, ClusterRun) and res.detail.run_id == run["id"] and res.detail.k == 3
+    assert res.detail.summary == run["summary"] == res.summary and run["params"]["out_of_core"] is False
+    assert res.printable()[0].startswith("3 clusters (kmeans, k chosen by labelled classes) over 42 samples")
+    assert len(res.printable()) == 1 + 3 and project.scalar("SELECT count(*) FROM clusters") == 42
+    assert (project.query_df("SELECT run_id FROM cluster_summaries")["run_id"] == run["id"]).all()
+
+
+def test_clusters_config_is_validated():
+    from curate.engine.analyses.clusters import ClustersConfig
+    from curate.engine.catalog import CurateError
+
+    with pytest.raises(CurateError, match="unknown clustering method 'dbscan'"):
+        ClustersConfig(method="dbscan")
+    with pytest.raises(CurateError, match="out of range"):
+        ClustersConfig(k=0)
+    with pytest.raises(CurateError, match="2-D map method"):
+        ClustersConfig(map_method="tsne")
+    with pytest.raises(Exception):  # frozen
+        ClustersConfig().k = 3  # type: ignore[misc]
+
+
+def test_rows_assigned_block_by_block_match_the_fit_on_every_row():
+    """The out-of-core assignment pass over an in-memory set gives back the fit's own labels and distances."""
+    from curate.engine.analyses.clusters import assign_all_rows, sampled_kmeans
+    from curate.engine.embed import EmbeddingSet
+
+    X, y = planted_blobs(k=4, n_per=30, noise=0.15, seed=3)
+    emb = EmbeddingSet("test", np.arange(len(X), dtype=np.int64), X)
+    fit = kmeans(X, 4, seed=0)
+    out = assign_all_rows(emb, fit, block_rows=17)
+    assert np.array_equal(out.labels, fit.labels) and np.allclose(out.distances, fit.distances, atol=1e-5)
+    assert out.k == 4 and np.allclose(out.centroids, fit.centroids)
+    sk = sampled_kmeans(emb, 4, sample_size=len(X), seed=0, block_rows=17)
+    assert np.array_equal(sk.labels, kmeans(X, 4, seed=0, nredo=1).labels) and sk.trained_on == len(X)
+    # fitted on a sample, every row still gets a cluster, renumbered by size over all rows
+    part = emb.sample(60, seed=1)[1]
+    big = assign_all_rows(emb, kmeans(part, 4, seed=0), block_rows=17)
+    sizes = np.bincount(big.labels, minlength=4)
+    assert sizes.sum() == len(X) and list(sizes) == sorted(sizes, reverse=True)
+    assert hungarian_accuracy(y, big.labels) == 1.0
+
+
 def test_catalog_run_rejects_bad_k(tmp_path, project):
     from curate.engine.analyses import clusters
     from curate.engine.catalog import CurateError
@@ -222,6 +272,7 @@ def test_catalog_run_rejects_bad_k(tmp_path, project):
     _, enc = _project_with_embeddings(tmp_path, project, X, [f"c{c}" for c in y])
     with pytest.raises(CurateError, match="out of range"):
         clusters.run(project, encoder=enc, k=50, name_clusters=False)
+    assert project.last_run("clusters", status="failed") is None  # refused before a run was recorded
 
 
 def test_refinement_repairs_assignments_that_break_neighbourhoods():

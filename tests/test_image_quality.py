@@ -163,3 +163,22 @@ def test_catalog_round_trip(tmp_path):
     (root / "all" / "normal_00.png").unlink()
     third = image_quality.run(cat, recompute=True)
     assert third["unreadable"] == 1 and third["images"] == n
+    # the registered analysis: the same summary; nothing new to measure, so image_stats is left as it is
+    from curate.engine.analyses import registry
+
+    res = registry.run(cat, "image_quality", workers=1)
+    assert res.summary["stats_computed"] == 0 and res.summary["issues"] == third["issues"]
+    assert res.printable()[0].startswith(f"{n} images (0 newly measured") and cat.scalar(
+        "SELECT count(*) FROM image_stats") == n
+    assert (cat.query_df("SELECT run_id FROM image_issues")["run_id"] == cat.last_run("image_quality")["id"]).all()
+
+
+def test_config_is_frozen_and_validated():
+    from curate.engine.catalog import CurateError
+
+    with pytest.raises(CurateError, match="z_threshold must be > 0"):
+        ImageQualityConfig(z_threshold=0)
+    with pytest.raises(CurateError, match="workers must be at least 1"):
+        ImageQualityConfig(workers=0)
+    with pytest.raises(Exception):  # frozen
+        ImageQualityConfig().dark_abs = 0.5  # type: ignore[misc]

@@ -18,7 +18,8 @@ from curate.engine.catalog import init_project
 from curate.engine.cli import app
 from curate.engine.distributed.embed import add_synthetic_samples, embed_synthetic
 from curate.engine.distributed.synthetic import SyntheticConfig, given_labels, true_classes
-from curate.engine.shards import ShardRows, ShardedEmbeddings, use_out_of_core
+from curate.engine.inputs import Inputs
+from curate.engine.shards import ShardRows, ShardedEmbeddings
 from curate.indexes.graph import OOC_DIR, load_or_build_sharded_graph
 from curate.indexes.search import load_or_build_index, search_sample
 
@@ -50,13 +51,16 @@ def test_switch_follows_flag_env_and_threshold(labeled_synthetic, monkeypatch):
     cat = labeled_synthetic[0]
     monkeypatch.delenv("CURATE_OUT_OF_CORE", raising=False)
     monkeypatch.delenv("CURATE_OUT_OF_CORE_MIN_N", raising=False)
-    assert not use_out_of_core(cat)  # 5,000 vectors: in memory by default
-    assert use_out_of_core(cat, out_of_core=True) and not use_out_of_core(cat, out_of_core=False)
+    def ooc(flag=None):  # the one decision point: Inputs.open
+        return Inputs.open(cat, out_of_core=flag).out_of_core
+
+    assert not ooc()  # 5,000 vectors: in memory by default
+    assert ooc(True) and not ooc(False)
     monkeypatch.setenv("CURATE_OUT_OF_CORE_MIN_N", str(N - 1))
-    assert use_out_of_core(cat)
-    assert not use_out_of_core(cat, out_of_core=False)  # the flag beats the threshold
+    assert ooc()
+    assert not ooc(False)  # the flag beats the threshold
     monkeypatch.setenv("CURATE_OUT_OF_CORE", "0")
-    assert not use_out_of_core(cat)
+    assert not ooc()
 
 
 def test_sharded_graph_is_cached_checked_and_rebuilt(labeled_synthetic):

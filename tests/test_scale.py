@@ -272,8 +272,7 @@ def test_partitioned_dedup_on_ray_equals_local_and_exact(synthetic_project, ray_
 
 
 def test_sampled_and_minibatch_kmeans_over_shards(synthetic_project):
-    from curate.engine.analyses.clusters import kmeans
-    from curate.engine.analyses.scale import sampled_kmeans
+    from curate.engine.analyses.clusters import kmeans, sampled_kmeans
 
     sh = ShardedEmbeddings.open(synthetic_project)
     X = load_embeddings(synthetic_project).vectors

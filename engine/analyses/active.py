@@ -36,15 +36,18 @@ Strategies (``score``: higher = more valuable to label, under that strategy's cr
                       samples are clustered into ``budget`` groups and the most uncertain member of each group is
                       taken (aliases ``combined``, ``hybrid``).
 
-:func:`run` is the catalog wrapper (``curate query``): it fits the probe (:mod:`engine.analyses.probe`) on the
-current labels, builds the exclusions from the ``duplicates``/``outliers``/``quarantine``/``decisions`` tables,
-writes the batch to ``queries`` (every batch is kept; the newest has the largest ``batch_id``) and exports it as
-CSV/JSON/Label Studio tasks.  :func:`import_labels` ingests the labels that come back (``curate import-labels``).
+The registered analysis ``query`` (:func:`compute`, options :class:`QueryConfig`) is the catalog side
+(``curate query``): it reads the candidates through the one embeddings interface (every row in memory, a seeded
+pool out of core), fits the probe (:mod:`engine.analyses.probe`) on the current labels, builds the exclusions from
+the ``duplicates``/``outliers``/``quarantine``/``decisions`` tables, appends the batch to ``queries`` (every batch
+is kept; the newest has the largest ``batch_id``) and exports it as CSV/JSON/Label Studio tasks
+(:func:`curate.engine.labels_io.export_batch`).  :func:`run` is the same through keyword arguments.  The labels
+that come back are read by :func:`curate.engine.labels_io.import_labels` (``curate import-labels``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -54,7 +57,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
 from curate.engine.catalog import Catalog, CurateError
+from curate.engine.labels_io import export_batch
 
 log = logging.getLogger(__name__)
 
@@ -745,7 +751,7 @@ def exclusion_mask(
 # ------------------------------------------------------------------------------------------------ catalog
 @dataclass
 class QueryResult:
-    """What :func:`run` wrote."""
+    """What a query run wrote (``run_id`` and ``batch_id`` are set when the batch is written)."""
 
     run_id: int
     batch_id: int | None
@@ -757,25 +763,87 @@ class QueryResult:
     info: dict = field(default_factory=dict)
 
 
-def _load_graph(cat: Catalog, encoder: str | None, ids: np.ndarray, k: int) -> Any:
-    """The shared kNN graph aligned with ``ids``, or None when the indexes package cannot provide it."""
-    try:
-        from curate.indexes.graph import load_or_build_graph
-    except ImportError:
-        return None
-    es, graph = load_or_build_graph(cat, encoder=encoder, k=k)
-    if not np.array_equal(np.asarray(es.sample_ids, dtype=np.int64), ids):
-        return None
-    return graph
+GRAPH_K = 10
+"""Degree of the kNN graph the near-duplicate rules read (ProbCover on sets above ``probcover_exact_max`` asks for
+``probcover_k`` neighbours instead)."""
+
+_STRATEGY_KNOBS = tuple(f.name for f in dataclasses.fields(StrategyConfig))
 
 
-def _pool_out_of_core(cat: Catalog, encoder: str | None, pool_size: int, seed: int) -> tuple[Any, dict]:
-    """A seeded candidate pool read from the shards: labeled rows (sampled beyond half the pool) + unlabeled rows."""
-    from curate.engine.embed import EmbeddingSet
-    from curate.engine.shards import ShardedEmbeddings
+@dataclass(frozen=True)
+class QueryConfig(Config):
+    """Options of a query (``curate query``); see :func:`run` for their meaning.
 
-    shards = ShardedEmbeddings.open(cat, encoder, verify=True)
-    ids = shards.sample_ids()
+    The ``typiclust_*``, ``probcover_*`` and ``diversity_factor`` fields are :class:`StrategyConfig`'s knobs, with
+    its defaults.  ``strategy`` is stored under its canonical name (aliases resolved).
+    """
+
+    strategy: str = "typiclust"
+    budget: int = 100
+    seed: int = 0
+    max_per_class: int | None = None
+    exclude_outliers: bool = True
+    outlier_score_threshold: float | None = None
+    near_duplicate_similarity: float | None = None
+    export: bool = True
+    url_prefix: str | None = None
+    balance_by: str | None = None
+    pool_size: int = 200_000
+    typiclust_neighbors: int = StrategyConfig.typiclust_neighbors
+    typiclust_min_cluster_size: int = StrategyConfig.typiclust_min_cluster_size
+    typiclust_max_clusters: int = StrategyConfig.typiclust_max_clusters
+    probcover_tau: float | None = StrategyConfig.probcover_tau
+    probcover_purity: float = StrategyConfig.probcover_purity
+    probcover_n_classes: int | None = StrategyConfig.probcover_n_classes
+    probcover_k: int = StrategyConfig.probcover_k
+    probcover_exact_max: int = StrategyConfig.probcover_exact_max
+    probcover_max_edges: int = StrategyConfig.probcover_max_edges
+    diversity_factor: int = StrategyConfig.diversity_factor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", canonical_strategy(self.strategy))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if int(self.budget) < 1:
+            raise CurateError(f"--budget must be at least 1, got {self.budget}")
+        if int(self.pool_size) < 1:
+            raise CurateError(f"pool_size must be at least 1, got {self.pool_size}; try 200000")
+        if self.near_duplicate_similarity is not None and not -1.0 <= float(self.near_duplicate_similarity) <= 1.0:
+            raise CurateError(f"near_duplicate_similarity is a cosine similarity in [-1, 1], got "
+                              f"{self.near_duplicate_similarity}; try 0.95")
+        if not 0.0 < float(self.probcover_purity) <= 1.0:
+            raise CurateError(f"probcover_purity must be in (0, 1], got {self.probcover_purity}; try 0.95")
+        for knob in ("typiclust_neighbors", "typiclust_max_clusters", "probcover_k", "diversity_factor"):
+            if int(getattr(self, knob)) < 1:
+                raise CurateError(f"{knob} must be at least 1, got {getattr(self, knob)}; try "
+                                  f"{getattr(StrategyConfig, knob)}")
+
+    def strategy_config(self) -> StrategyConfig:
+        """The strategies' knobs as a :class:`StrategyConfig`."""
+        return StrategyConfig(**{k: getattr(self, k) for k in _STRATEGY_KNOBS})
+
+
+@dataclass
+class _Batch(Result):
+    """A query's :class:`Result` plus what its write step needs: whether and how to export the batch."""
+
+    export: bool = False
+    url_prefix: str | None = None
+    export_error: Exception | None = None
+
+
+def _pool(cat: Catalog, emb: Any, pool_size: int, seed: int) -> tuple[np.ndarray, dict | None]:
+    """Global rows of the candidate pool, in sample-id order, and a description of it (None: every row).
+
+    In memory the pool is every row.  Out of core it is a seeded pool of ``pool_size`` rows: the labeled rows
+    (sampled when they alone exceed half the pool, so that the probe and the labeled-distance rules keep them)
+    plus a uniform sample of the unlabeled ones.
+    """
+    n = len(emb)
+    if emb.in_memory:
+        return np.arange(n), None
+    ids = np.asarray(emb.ids(), np.int64)
     _, codes = cat.label_codes(ids)
     rng = np.random.default_rng(seed)
     lab, unl = np.flatnonzero(codes >= 0), np.flatnonzero(codes < 0)
@@ -784,9 +852,158 @@ def _pool_out_of_core(cat: Catalog, encoder: str | None, pool_size: int, seed: i
     rows = np.concatenate([rng.choice(lab, n_lab, replace=False) if n_lab < len(lab) else lab,
                            rng.choice(unl, n_unl, replace=False) if n_unl < len(unl) else unl])
     rows = rows[np.argsort(ids[rows], kind="stable")]
-    info = {"rows": int(len(ids)), "pool": int(len(rows)), "labeled_in_pool": int(n_lab),
+    info = {"rows": int(n), "pool": int(len(rows)), "labeled_in_pool": int(n_lab),
             "unlabeled_in_pool": int(n_unl), "unlabeled_total": int(len(unl)), "seed": seed}
-    return EmbeddingSet(shards.encoder, ids[rows], shards.take(rows)), info
+    return rows, info
+
+
+def _groups(cat: Catalog, balance_by: str | None, ids: np.ndarray) -> np.ndarray | None:
+    """Group code per row from sample metadata ``balance_by`` (None without it); an error naming the valid keys."""
+    if not balance_by:
+        return None
+    values = cat.metadata_values(balance_by, ids)
+    if all(v is None for v in values):
+        keys = cat.metadata_keys()["key"].tolist()
+        raise CurateError(f"no sample has metadata {balance_by!r}; --balance-by takes one of: "
+                          f"{', '.join(keys) if keys else 'none (ingest a manifest with extra columns first)'}")
+    groups, _ = pd.factorize(pd.Series(values, dtype=object).fillna("\0missing"), sort=True)
+    return groups
+
+
+def compute(inputs: Any, config: QueryConfig) -> Result:
+    """The next batch to label: the strategy over the candidate pool (:func:`_pool`) read through
+    ``inputs.embeddings`` (every row in memory; out of core a seeded pool taken from the shards), with the
+    exclusions of :func:`exclusion_mask` and, for the probability strategies, a linear probe on the current labels.
+
+    Returns a result whose write step (:func:`_write`) appends the batch to ``queries`` and exports it.
+    """
+    from curate.engine.analyses.probe import LinearProbe
+    from curate.engine.progress import step
+
+    cat, progress, name = inputs.cat, inputs.progress, config.strategy
+    emb = inputs.embeddings
+    all_ids = np.asarray(emb.ids(), dtype=np.int64)
+    rows, pool_info = _pool(cat, emb, int(config.pool_size), config.seed)
+    ids = all_ids[rows]
+    # the whole set is emb.sample(len): the in-memory set hands back its own array (no copy)
+    X = emb.sample(len(emb))[1] if pool_info is None else emb.take(rows)
+    near_dup = config.near_duplicate_similarity
+    if near_dup is None:
+        from curate.engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
+
+        near_dup = ENCODER_THRESHOLDS.get(emb.encoder, DEFAULT_THRESHOLD)
+    groups = _groups(cat, config.balance_by, ids)
+    strategy_config = config.strategy_config()
+
+    names_, codes = cat.label_codes(ids)
+    labels = pd.Series(np.array(list(names_) + [None], dtype=object)[codes], index=ids)  # -1 -> None
+    labeled = labels.notna().to_numpy()
+    graph = None
+    if emb.in_memory:  # the shared graph; ProbCover on very large sets reads its balls from it, so enough neighbours
+        big_probcover = name == "probcover" and len(ids) > strategy_config.probcover_exact_max
+        graph = inputs.graph(strategy_config.probcover_k if big_probcover else GRAPH_K)
+        if np.asarray(graph.indices).shape[0] != len(ids):  # embeddings changed under the cached graph
+            graph = None
+
+    pos = pd.Series(np.arange(len(ids)), index=ids)
+    dup = cat.query_df("SELECT set_id, sample_id FROM duplicates")
+    set_ids = np.full(len(ids), -1, dtype=np.int64)
+    if len(dup):
+        dup = dup[dup["sample_id"].isin(ids)].drop_duplicates("sample_id", keep="last")
+        set_ids[pos[dup["sample_id"]].to_numpy()] = dup["set_id"].to_numpy()
+    outlier = None
+    if config.exclude_outliers:
+        out = cat.query_df("SELECT sample_id, score, is_outlier FROM outliers "
+                           "WHERE sample_id IN (SELECT unnest(?))", [ids.tolist()])
+        outlier = np.zeros(len(ids), bool)
+        flag = (out["score"] < config.outlier_score_threshold) if config.outlier_score_threshold is not None \
+            else out["is_outlier"].fillna(False).astype(bool)
+        outlier[pos[out.loc[flag, "sample_id"]].to_numpy()] = True
+    blocked_ids = _blocked(cat)
+    blocked = np.isin(ids, blocked_ids)
+    excl = exclusion_mask(len(ids), labeled, graph, near_dup, set_ids, outlier, blocked)
+
+    probs = class_names = None
+    lab_rows = np.flatnonzero(labeled)
+    n_classes = labels.iloc[lab_rows].nunique() if len(lab_rows) else 0
+    if name in NEEDS_PROBS or config.max_per_class is not None:
+        if n_classes < 2:
+            raise CurateError(
+                f"strategy {name} needs a probe trained on at least 2 labeled classes, and this project has "
+                f"{n_classes}; start with `curate query --strategy typiclust` (or probcover), label that batch, "
+                f"then switch")
+        with step(progress, "probe"):
+            probe = LinearProbe(C=PROBE_C, random_state=config.seed).fit(
+                X[lab_rows], labels.iloc[lab_rows].astype(str).to_numpy())
+            probs = probe.predict_proba(X)
+        class_names = [str(c) for c in probe.classes_]
+    with step(progress, f"{name} selection"):
+        sel = select(name, X, labeled, config.budget, probs=probs,
+                     knn_graph=graph, exclude_mask=excl.mask, seed=config.seed, max_per_class=config.max_per_class,
+                     near_duplicate_similarity=near_dup, class_names=class_names,
+                     config=_with_classes(strategy_config, len(cat.class_names())), groups=groups)
+    paths = dict(cat.query("SELECT id, path FROM samples WHERE id IN (SELECT unnest(?))",
+                           [[int(i) for i in ids[sel.indices]]]))
+    table = pd.DataFrame({
+        "rank": np.arange(1, len(sel) + 1, dtype=np.int32),
+        "sample_id": ids[sel.indices],
+        "path": [paths.get(int(i)) for i in ids[sel.indices]],
+        "score": sel.scores,
+        "reason": sel.reasons,
+    })
+    summary = {"strategy": name, "selected": len(sel), "candidates": sel.info.get("n_candidates", 0),
+               "labeled": int(labeled.sum()), "excluded": excl.counts,
+               "near_duplicate_similarity": float(near_dup),
+               **({"out_of_core_pool": pool_info} if pool_info else {}),
+               **{k: v for k, v in sel.info.items() if k != "n_candidates"}}
+    detail = QueryResult(run_id=0, batch_id=None, strategy=name, encoder=emb.encoder, table=table,
+                         excluded=excl.counts, info=sel.info)
+    return _Batch(summary, tables={"queries": table}, detail=detail, export=bool(config.export),
+                  url_prefix=config.url_prefix)
+
+
+def _write(cat: Catalog, result: _Batch, run_id: int, summary: dict) -> None:
+    """Append the batch to ``queries`` under the next ``batch_id`` (every batch is kept) and finish the run, in one
+    transaction; then export it.  An export error does not undo the batch: it is kept on the result (and
+    :func:`run` raises it)."""
+    q: QueryResult = result.detail
+    batch_id = None
+    with cat.transaction() as con:
+        if len(q.table):
+            batch_id = int(con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM queries").fetchall()[0][0])
+            rows = pd.DataFrame({"run_id": run_id, "batch_id": batch_id, "sample_id": q.table["sample_id"],
+                                 "strategy": q.strategy, "score": q.table["score"], "rank": q.table["rank"],
+                                 "reason": q.table["reason"]})
+            cat.append_rows("queries", rows, con=con)
+        summary["batch_id"] = batch_id
+        cat.finish_run(run_id, summary, con=con)
+    q.run_id, q.batch_id = run_id, batch_id
+    if result.export and batch_id is not None:
+        try:
+            q.files = export_batch(cat, batch_id, url_prefix=result.url_prefix)
+        except Exception as exc:  # the run is finished: report, do not mark it failed
+            result.export_error = exc
+            log.warning("query batch %s was written but not exported: %s", batch_id, exc)
+    result.lines = _lines(q, result.export_error)
+
+
+def _lines(q: QueryResult, export_error: Exception | None = None) -> list[str]:
+    """What ``curate query`` prints about a batch."""
+    if q.batch_id is None:
+        return ["nothing to query: every embedded sample is labeled or excluded"]
+    excluded = ", ".join(f"{v} {k}" for k, v in q.excluded.items() if v) or "none"
+    lines = [f"batch {q.batch_id}: {len(q.table)} samples by {q.strategy}; excluded: {excluded}"]
+    lines += [f"{r.rank}. sample {r.sample_id} (score {r.score:.4g}): {r.reason}" for r in q.table.itertuples()]
+    lines += [f"wrote {f}" for f in q.files]
+    if export_error is not None:
+        lines.append(f"export failed: {str(export_error).splitlines()[0] if str(export_error) else export_error!r}")
+    return lines
+
+
+ANALYSIS = register("query", compute, config=QueryConfig, title="the next samples to send to annotators",
+                    tables=("queries",), needs=frozenset({"embeddings", "graph", "labels"}),
+                    in_memory_only=("candidates beyond the pool", "kNN-graph near-duplicate rules"), order=60,
+                    write=_write)
 
 
 def run(
@@ -809,6 +1026,8 @@ def run(
 ) -> QueryResult:
     """Select the next batch to label, write it to ``queries`` and export it.
 
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :func:`compute`).
+
     Parameters
     ----------
     cat : the project catalog.
@@ -823,124 +1042,25 @@ def run(
     url_prefix : prefix of the image URL in the Label Studio tasks (e.g. ``/data/local-files/?d=``).
     balance_by : a sample metadata key (e.g. ``camera``): spread the batch across its values (samples without
         the key form one more group); see ``groups`` in :func:`select`.
-    out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core the strategy runs on a seeded
-        pool of ``pool_size`` rows read from the shards (the labeled rows, sampled when they alone exceed half the
-        pool, plus a uniform sample of the unlabeled ones); the summary records the pool.
+    out_of_core : None lets :meth:`curate.engine.inputs.Inputs.open` decide.  Out of core the strategy runs on a
+        seeded pool of ``pool_size`` rows read from the shards (the labeled rows, sampled when they alone exceed half
+        the pool, plus a uniform sample of the unlabeled ones) without the kNN-graph near-duplicate rules (duplicate
+        sets still apply); the summary records the pool.
     progress : an :data:`engine.progress.Progress` callback (probe, selection).
 
     Returns
     -------
     QueryResult (``batch_id`` None when no candidate was left).
     """
-    from curate.engine.analyses.probe import LinearProbe
-    from curate.engine.embed import load_embeddings
-    from curate.engine.progress import step
-
-    name = canonical_strategy(strategy)
-    if budget < 1:
-        raise CurateError(f"--budget must be at least 1, got {budget}")
-    config = config or StrategyConfig()
-    from curate.engine.shards import use_out_of_core
-
-    big = use_out_of_core(cat, encoder, out_of_core)
-    pool_info = None
-    if big:
-        emb, pool_info = _pool_out_of_core(cat, encoder, pool_size, seed)
-    else:
-        emb = load_embeddings(cat, encoder)
-    X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
-    if near_duplicate_similarity is None:
-        from curate.engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
-
-        near_duplicate_similarity = ENCODER_THRESHOLDS.get(emb.encoder, DEFAULT_THRESHOLD)
-    params = {"strategy": name, "budget": budget, "encoder": emb.encoder, "seed": seed, "max_per_class": max_per_class,
-              "exclude_outliers": exclude_outliers, "outlier_score_threshold": outlier_score_threshold,
-              "near_duplicate_similarity": near_duplicate_similarity,
-              **({"balance_by": balance_by} if balance_by else {})}
-    groups = None
-    if balance_by:
-        values = cat.metadata_values(balance_by, ids)
-        if all(v is None for v in values):
-            keys = cat.metadata_keys()["key"].tolist()
-            raise CurateError(f"no sample has metadata {balance_by!r}; --balance-by takes one of: "
-                              f"{', '.join(keys) if keys else 'none (ingest a manifest with extra columns first)'}")
-        groups, _ = pd.factorize(pd.Series(values, dtype=object).fillna("\0missing"), sort=True)
-    run_id = cat.start_run("query", params)
-    with cat.failing_run(run_id):
-        names_, codes = cat.label_codes(ids)
-        labels = pd.Series(np.array(list(names_) + [None], dtype=object)[codes], index=ids)  # -1 -> None
-        labeled = labels.notna().to_numpy()
-        # ProbCover on very large sets reads its balls from the shared graph, so ask for enough neighbours
-        big_probcover = name == "probcover" and len(ids) > config.probcover_exact_max
-        with step(progress, "kNN graph"):
-            graph = None if big else _load_graph(cat, emb.encoder, ids,
-                                                 k=config.probcover_k if big_probcover else 10)
-
-        pos = pd.Series(np.arange(len(ids)), index=ids)
-        dup = cat.query_df("SELECT set_id, sample_id FROM duplicates")
-        set_ids = np.full(len(ids), -1, dtype=np.int64)
-        if len(dup):
-            dup = dup[dup["sample_id"].isin(ids)].drop_duplicates("sample_id", keep="last")
-            set_ids[pos[dup["sample_id"]].to_numpy()] = dup["set_id"].to_numpy()
-        outlier = None
-        if exclude_outliers:
-            out = cat.query_df("SELECT sample_id, score, is_outlier FROM outliers "
-                               "WHERE sample_id IN (SELECT unnest(?))", [ids.tolist()])
-            outlier = np.zeros(len(ids), bool)
-            flag = (out["score"] < outlier_score_threshold) if outlier_score_threshold is not None \
-                else out["is_outlier"].fillna(False).astype(bool)
-            outlier[pos[out.loc[flag, "sample_id"]].to_numpy()] = True
-        blocked_ids = _blocked(cat)
-        blocked = np.isin(ids, blocked_ids)
-        excl = exclusion_mask(len(ids), labeled, graph, near_duplicate_similarity, set_ids, outlier, blocked)
-
-        probs = class_names = None
-        lab_rows = np.flatnonzero(labeled)
-        n_classes = labels.iloc[lab_rows].nunique() if len(lab_rows) else 0
-        if name in NEEDS_PROBS or max_per_class is not None:
-            if n_classes < 2:
-                raise CurateError(
-                    f"strategy {name} needs a probe trained on at least 2 labeled classes, and this project has "
-                    f"{n_classes}; start with `curate query --strategy typiclust` (or probcover), label that batch, "
-                    f"then switch")
-            with step(progress, "probe"):
-                probe = LinearProbe(C=PROBE_C, random_state=seed).fit(X[lab_rows],
-                                                                     labels.iloc[lab_rows].astype(str).to_numpy())
-                probs = probe.predict_proba(X)
-            class_names = [str(c) for c in probe.classes_]
-        with step(progress, f"{name} selection"):
-            sel = select(name, X, labeled, budget, probs=probs,
-                         knn_graph=graph, exclude_mask=excl.mask, seed=seed, max_per_class=max_per_class,
-                         near_duplicate_similarity=near_duplicate_similarity, class_names=class_names,
-                         config=_with_classes(config, len(cat.class_names())), groups=groups)
-        paths = dict(cat.query("SELECT id, path FROM samples WHERE id IN (SELECT unnest(?))",
-                               [[int(i) for i in ids[sel.indices]]]))
-        table = pd.DataFrame({
-            "rank": np.arange(1, len(sel) + 1, dtype=np.int32),
-            "sample_id": ids[sel.indices],
-            "path": [paths.get(int(i)) for i in ids[sel.indices]],
-            "score": sel.scores,
-            "reason": sel.reasons,
-        })
-        summary = {"strategy": name, "selected": len(sel), "candidates": sel.info.get("n_candidates", 0),
-                   "labeled": int(labeled.sum()), "excluded": excl.counts,
-                   **({"out_of_core_pool": pool_info} if pool_info else {}),
-                   **{k: v for k, v in sel.info.items() if k != "n_candidates"}}
-        batch_id = None
-        with cat.transaction() as con:
-            if len(sel):
-                batch_id = int(con.execute("SELECT coalesce(max(batch_id), 0) + 1 FROM queries").fetchall()[0][0])
-                rows = pd.DataFrame({"run_id": run_id, "batch_id": batch_id, "sample_id": table["sample_id"],
-                                     "strategy": name, "score": table["score"], "rank": table["rank"],
-                                     "reason": table["reason"]})
-                cat.append_rows("queries", rows, con=con)
-            summary["batch_id"] = batch_id
-            cat.finish_run(run_id, summary, con=con)
-    files: list[Path] = []
-    if export and batch_id is not None:
-        files = export_batch(cat, batch_id, url_prefix=url_prefix)
-    return QueryResult(run_id=run_id, batch_id=batch_id, strategy=name, encoder=emb.encoder, table=table,
-                       excluded=excl.counts, files=files, info=sel.info)
+    knobs = dataclasses.asdict(config or StrategyConfig())
+    cfg = QueryConfig(strategy=strategy, budget=budget, seed=seed, max_per_class=max_per_class,
+                      exclude_outliers=exclude_outliers, outlier_score_threshold=outlier_score_threshold,
+                      near_duplicate_similarity=near_duplicate_similarity, export=export, url_prefix=url_prefix,
+                      balance_by=balance_by, pool_size=pool_size, **knobs)
+    result = registry_run(cat, ANALYSIS, cfg, encoder=encoder, out_of_core=out_of_core, progress=progress)
+    if result.export_error is not None:
+        raise result.export_error
+    return result.detail
 
 
 def _with_classes(config: StrategyConfig, n_classes: int) -> StrategyConfig:
@@ -960,140 +1080,3 @@ def _blocked(cat: Catalog) -> np.ndarray:
            SELECT sample_id FROM live_decisions WHERE action = 'remove'"""
     )
     return df["sample_id"].to_numpy(dtype=np.int64)
-
-
-def export_batch(cat: Catalog, batch_id: int, out_dir: str | Path | None = None,
-                 url_prefix: str | None = None) -> list[Path]:
-    """Write one query batch as ``queue.csv``, ``queue.json`` and ``label_studio.json``.
-
-    Uses :func:`engine.export.export_queue` (one format definition for the whole app); the default folder is
-    ``<project>/exports/query-<batch_id>/`` (replaced if it exists).
-    """
-    from curate.engine.export import export_queue, queue_table
-
-    queue = queue_table(cat)
-    queue = queue[queue["batch_id"] == int(batch_id)].reset_index(drop=True)
-    if queue.empty:
-        raise CurateError(f"query batch {batch_id} does not exist; run `curate query` first")
-    out = Path(out_dir) if out_dir is not None else cat.project.exports_dir / f"query-{int(batch_id)}"
-    out.mkdir(parents=True, exist_ok=True)
-    return export_queue(cat, out, url_prefix=url_prefix, queue=queue)
-
-
-# ------------------------------------------------------------------------------------------------ labels back
-@dataclass
-class LabelImport:
-    """What :func:`import_labels` did."""
-
-    added: int
-    new_classes: list[str]
-    skipped_empty: int
-    already_same: int
-    rows: int
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-_ID_COLS = ("sample_id", "id")
-_PATH_COLS = ("path", "image", "file", "filepath")
-_LABEL_COLS = ("label", "class", "class_name", "choice")
-
-
-def _records_from_file(path: Path) -> list[dict]:
-    """Rows of {sample_id?, path?, label} from a CSV/TSV/Parquet/JSON file (Label Studio JSON export too)."""
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt"):
-        df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        return df.to_dict("records")
-    if suffix == ".parquet":
-        return pd.read_parquet(path).astype(object).to_dict("records")
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = [data]
-        if not isinstance(data, list):
-            raise CurateError(f"{path}: expected a JSON list of records or Label Studio tasks")
-        out = []
-        for r in data:
-            if isinstance(r, dict) and "annotations" in r:  # Label Studio export
-                meta = {**(r.get("meta") or {}), **(r.get("data") or {})}
-                label = None
-                for ann in reversed(r.get("annotations") or []):
-                    if ann.get("was_cancelled"):
-                        continue
-                    for res in ann.get("result") or []:
-                        choices = (res.get("value") or {}).get("choices")
-                        if choices:
-                            label = choices[0]
-                            break
-                    if label is not None:
-                        break
-                out.append({"sample_id": meta.get("sample_id"), "path": meta.get("image"), "label": label})
-            else:
-                out.append(r)
-        return out
-    raise CurateError(f"{path}: unsupported labels file type {suffix!r}; use .csv, .tsv, .parquet or .json")
-
-
-def import_labels(cat: Catalog, file: str | Path, source: str = "annotation") -> LabelImport:
-    """Ingest labels that came back from annotators (``curate import-labels FILE``).
-
-    The file has a ``label`` column (or ``class``/``class_name``) and identifies samples by ``sample_id`` or
-    ``path`` (absolute, or as stored in the catalog).  Label Studio JSON exports of tasks made by
-    :func:`export_batch` work as they are.  Rows with an empty label are skipped; when a sample appears twice the
-    last row wins; a sample whose current label already equals the new one is not re-added.  Unknown samples or a
-    missing column abort the whole import (nothing is written) with the offending row number.
-
-    Returns
-    -------
-    LabelImport
-    """
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise CurateError(f"labels file {path} not found")
-    records = _records_from_file(path)
-    if not records:
-        return LabelImport(added=0, new_classes=[], skipped_empty=0, already_same=0, rows=0)
-    keys = {k for r in records for k in r}
-    id_col = next((c for c in _ID_COLS if c in keys), None)
-    path_col = next((c for c in _PATH_COLS if c in keys), None)
-    label_col = next((c for c in _LABEL_COLS if c in keys), None)
-    if label_col is None or (id_col is None and path_col is None):
-        raise CurateError(f"{path}: needs a 'label' column and a 'sample_id' or 'path' column; found "
-                          f"{', '.join(sorted(map(str, keys)))}")
-    samples = cat.samples("id, path")
-    by_path = dict(zip(samples["path"], samples["id"]))
-    known_ids = set(samples["id"].tolist())
-    wanted: dict[int, str] = {}
-    skipped = 0
-    for row_no, r in enumerate(records, start=2 if path.suffix.lower() in (".csv", ".tsv", ".txt") else 1):
-        label = r.get(label_col)
-        if label is None or (isinstance(label, float) and math.isnan(label)) or not str(label).strip():
-            skipped += 1
-            continue
-        sid = None
-        raw_id = r.get(id_col) if id_col else None
-        if raw_id is not None and str(raw_id).strip() not in ("", "nan", "None"):
-            try:
-                sid = int(float(str(raw_id).strip()))
-            except ValueError:
-                raise CurateError(f"{path} row {row_no}: sample_id {raw_id!r} is not a number") from None
-            if sid not in known_ids:
-                raise CurateError(f"{path} row {row_no}: sample {sid} does not exist in this project")
-        else:
-            p = str(r.get(path_col) or "").strip() if path_col else ""
-            sid = by_path.get(p)
-            if sid is None and p:
-                sid = by_path.get(str(Path(p).expanduser().resolve()))
-            if sid is None:
-                raise CurateError(f"{path} row {row_no}: no sample with path {p!r} in this project "
-                                  f"(use the path shown by `curate query` or a sample_id column)")
-        wanted[int(sid)] = str(label).strip()
-    current = cat.current_labels().set_index("sample_id")["label"]
-    rows = [(s, lab) for s, lab in wanted.items() if current.get(s) != lab]
-    before = set(cat.class_names())
-    cat.add_labels(rows, source=source)
-    new_classes = sorted({lab for _, lab in rows} - before)
-    return LabelImport(added=len(rows), new_classes=new_classes, skipped_empty=skipped,
-                       already_same=len(wanted) - len(rows), rows=len(records))

@@ -1,8 +1,13 @@
 """Clusters of the embedding space, a per-cluster summary, and a 2-D map of every sample.
 
-Pure functions over arrays do the work; :func:`run` loads the project's embeddings, calls them and writes the
-``clusters`` (one row per sample: cluster, map x/y, distance to the centroid) and ``cluster_summaries`` (one row
-per cluster) tables in one transaction.
+Pure functions over arrays do the work.  The registered analysis ``clusters`` (:func:`compute`, options
+:class:`ClustersConfig`; :func:`run` is the same through keyword arguments) reads the vectors through the one
+embeddings interface (:class:`curate.engine.inputs.Embeddings`), calls them and writes the ``clusters`` (one row
+per sample: cluster, map x/y, distance to the centroid) and ``cluster_summaries`` (one row per cluster) tables in
+one transaction.  Its core is written once: the clustering is fitted on ``emb.sample(...)`` — every row in memory,
+a seeded sample out of core — and, for a sample, every row is then assigned to its nearest centroid block by block
+(:func:`assign_all_rows`; :func:`sampled_kmeans` is the same scheme as a plain function).  HDBSCAN, the UMAP map
+and the refinement over the kNN graph need every vector and run in memory only.
 
 Methods
 -------
@@ -26,6 +31,8 @@ layout is learned from a representative sample, every other point is embedded ag
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -36,6 +43,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
 from curate.engine.catalog import Catalog, CurateError
 
 log = logging.getLogger(__name__)
@@ -490,6 +499,100 @@ def cluster_embeddings(
     return res
 
 
+# ------------------------------------------------------------------------------------------------ any size
+def assign_to_centroids(emb: Any, centroids: np.ndarray, block_rows: int = 65_536,
+                        on_block: Callable[[int, np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest centroid (L2) of every row of ``emb`` and the distance to it, one block of rows at a time.
+
+    Parameters
+    ----------
+    emb : :class:`curate.engine.inputs.Embeddings` (in memory or memory-mapped shards).
+    centroids : float [k, d].
+    block_rows : rows read at a time (memory: one block).
+    on_block : called with ``(first global row, block vectors)`` for every block (a second per-row computation
+        that shares the pass over the shards).
+
+    Returns
+    -------
+    (int64 [n] centroid index per row, float32 [n] Euclidean distance to it)
+    """
+    import faiss
+
+    index = faiss.IndexFlatL2(int(emb.dim))
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    n = len(emb)
+    labels = np.empty(n, np.int64)
+    dist = np.empty(n, np.float32)
+    for start, _ids, X in emb.iter_blocks(block_rows):
+        D, I = index.search(np.ascontiguousarray(X, np.float32), 1)
+        labels[start:start + len(X)] = I[:, 0]
+        dist[start:start + len(X)] = np.sqrt(np.maximum(D[:, 0], 0))
+        if on_block is not None:
+            on_block(start, X)
+    return labels, dist
+
+
+def assign_all_rows(emb: Any, fit: ClusterResult, block_rows: int = 65_536,
+                    on_block: Callable[[int, np.ndarray], None] | None = None) -> ClusterResult:
+    """A k-means result fitted on a sample of ``emb``, extended to every row: each row gets its nearest centroid
+    (:func:`assign_to_centroids`) and clusters are renumbered by their size over all rows (0 = largest, ties by
+    the sample's id), as in memory."""
+    labels, dist = assign_to_centroids(emb, fit.centroids, block_rows, on_block)
+    sizes = np.bincount(labels, minlength=fit.k)
+    order = np.lexsort((np.arange(fit.k), -sizes))
+    remap = np.empty(fit.k, np.int64)
+    remap[order] = np.arange(fit.k)
+    return ClusterResult(labels=remap[labels], centroids=np.asarray(fit.centroids)[order], distances=dist, k=fit.k,
+                         method=fit.method, seed=fit.seed, k_selection=fit.k_selection,
+                         inertia=float(np.square(dist, dtype=np.float64).sum()))
+
+
+@dataclass
+class ShardedClusters:
+    """k-means over shards: ``labels`` int32 [n], ``distances`` float32 [n] (L2 to the centroid), ``centroids``."""
+
+    labels: np.ndarray
+    distances: np.ndarray
+    centroids: np.ndarray
+    sizes: np.ndarray
+    method: str
+    trained_on: int
+
+
+def sampled_kmeans(emb: Any, k: int, *, method: str = "sampled", sample_size: int = 200_000, seed: int = 0,
+                   niter: int = 25, nredo: int = 1, block_rows: int = 65_536) -> ShardedClusters:
+    """k-means clusters of every row of ``emb`` (an :class:`~curate.engine.inputs.Embeddings`, e.g. shards) without
+    loading all rows.
+
+    ``method="sampled"``: :func:`kmeans` on a seeded sample of ``sample_size`` rows (all rows when there are fewer
+    — then the centroids are exactly the in-memory ones), then each block assigned to its nearest centroid.
+    ``method="minibatch"``: scikit-learn ``MiniBatchKMeans.partial_fit`` over every block (one pass), then the same
+    assignment pass.  Cluster ids are the fitted centroids' (the sample's size order).
+    """
+    n = len(emb)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
+    if method == "sampled":
+        _, sample = emb.sample(sample_size, seed=seed)
+        centroids = kmeans(sample, k, seed=seed, niter=niter, nredo=nredo).centroids
+        trained = len(sample)
+    elif method == "minibatch":
+        from sklearn.cluster import MiniBatchKMeans
+
+        mbk = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=min(block_rows, 4096))
+        for _start, _ids, X in emb.iter_blocks(block_rows):
+            if len(X) >= k:
+                mbk.partial_fit(X)
+        centroids = mbk.cluster_centers_.astype(np.float32)
+        trained = n
+    else:
+        raise ValueError(f"method must be sampled or minibatch, got {method!r}")
+    labels, dist = assign_to_centroids(emb, centroids, block_rows)
+    labels = labels.astype(np.int32)
+    return ShardedClusters(labels, dist, np.asarray(centroids, np.float32), np.bincount(labels, minlength=k),
+                           method, trained)
+
+
 # ------------------------------------------------------------------------------------------------ refinement
 DEFAULT_REFINE_ROUNDS = 1
 
@@ -762,7 +865,7 @@ def _umap_2d(X: np.ndarray, seed: int, fit_sample: int, n_neighbors: int, min_di
 # ------------------------------------------------------------------------------------------------ catalog
 @dataclass
 class ClusterRun:
-    """What :func:`run` did."""
+    """What a clusters run did (``run_id`` and the final ``summary`` are set when its tables are written)."""
 
     run_id: int
     encoder: str
@@ -774,6 +877,209 @@ class ClusterRun:
     naming: str | None
     seconds: float
     summary: dict = field(default_factory=dict)
+
+
+REFINE_GRAPH_K = 10
+"""Degree of the shared kNN graph the refinement's neighbour vote reads."""
+
+
+@dataclass(frozen=True)
+class ClustersConfig(Config):
+    """Options of a clusters run (``curate cluster``; see :func:`run` for each).
+
+    ``sample_size``: out of core, k-means (and the choice of k) is fitted on a seeded sample of this many rows;
+    ``block_rows``: rows read at a time when every row is assigned to its centroid and placed on the map.
+    """
+
+    k: int | None = None
+    method: str = "kmeans"
+    seed: int = 0
+    name_clusters: bool = True
+    n_representatives: int = 5
+    n_atypical: int = 5
+    min_cluster_size: int | None = None
+    map_method: str = "auto"
+    sample_size: int = 200_000
+    k_from_labels: bool = True
+    refine_rounds: int = DEFAULT_REFINE_ROUNDS
+    block_rows: int = 65_536
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise CurateError(f"unknown clustering method {self.method!r}; use --method kmeans or --method hdbscan")
+        if self.k is not None and int(self.k) < 1:
+            raise CurateError(f"--k {self.k} is out of range: pick 1 or more clusters (or leave --k out)")
+        if self.map_method not in ("auto", "umap", "pca"):
+            raise CurateError(f"unknown 2-D map method {self.map_method!r}; use auto, umap or pca")
+        if self.min_cluster_size is not None and int(self.min_cluster_size) < 1:
+            raise CurateError(f"min_cluster_size must be at least 1, got {self.min_cluster_size}; try 5")
+        for name, low in (("sample_size", 1), ("block_rows", 1), ("n_representatives", 0), ("n_atypical", 0),
+                          ("refine_rounds", 0)):
+            if int(getattr(self, name)) < low:
+                raise CurateError(f"{name} must be at least {low}, got {getattr(self, name)}")
+
+
+def _check(config: ClustersConfig, n: int, in_memory: bool, encoder: str) -> None:
+    """The checks that need the number of vectors and the size switch (one-line errors naming the fix)."""
+    if not in_memory and config.method != "kmeans":
+        raise CurateError(f"--method {config.method} needs every vector in memory; this project is clustered out of "
+                          "core, where only --method kmeans is available (or pass --in-memory)")
+    if n == 0:
+        raise CurateError(f"embedding set {encoder} holds no vectors; run `curate embed` first")
+    if config.k is not None and not 1 <= config.k <= n:
+        raise CurateError(f"--k {config.k} is out of range: the project has {n} embedded samples; pick 1..{n}")
+
+
+class _SampleMap:
+    """Out of core: a PCA fitted on the k-means sample, applied to every row as the blocks go by."""
+
+    def __init__(self, X_fit: np.ndarray, n: int, dim: int, seed: int):
+        from sklearn.decomposition import PCA
+
+        self.m = min(2, dim, len(X_fit))
+        self.pca = PCA(n_components=self.m, random_state=seed).fit(X_fit) if len(X_fit) >= 2 else None
+        self.xy = np.zeros((n, 2), np.float32)
+        self.fitted_on = len(X_fit)
+
+    def add(self, start: int, X: np.ndarray) -> None:
+        if self.pca is not None:
+            self.xy[start:start + len(X), :self.m] = self.pca.transform(X)
+
+    def result(self) -> Map2D:
+        return Map2D(xy=np.nan_to_num(self.xy), method="pca (fitted on a sample)", fitted_on=self.fitted_on)
+
+
+def compute(inputs: Any, config: ClustersConfig, encoder_model: Any = None) -> Result:
+    """Clusters of every embedded sample, a summary per cluster and the 2-D map, over ``inputs.embeddings``.
+
+    One path for memory and disk: the clustering is fitted on ``emb.sample(...)`` — every row when the vectors are
+    in memory (the one-block case), a seeded sample of ``sample_size`` rows out of core — and, when that was a
+    sample, every row is assigned to its nearest centroid block by block (:func:`assign_all_rows`).  The parts
+    that need every vector at once run only in memory: HDBSCAN, the UMAP map (out of core: a PCA fitted on the
+    sample, applied block by block) and the refinement over the shared kNN graph.  Names come from the
+    representatives' vectors only.  ``encoder_model``: an already-loaded encoder for naming.
+    """
+    from curate.engine.progress import step
+
+    t0 = time.perf_counter()
+    cat, progress = inputs.cat, inputs.progress
+    emb = inputs.embeddings
+    ids = np.asarray(emb.ids(), dtype=np.int64)
+    n = len(ids)
+    _check(config, n, emb.in_memory, emb.encoder)
+    method, seed = config.method, config.seed
+    names_, codes = cat.label_codes(ids)
+    n_label_classes = int(len(np.unique(codes[codes >= 0])))
+    k, k_prior = config.k, None
+    if k is None and method == "kmeans" and config.k_from_labels and 2 <= n_label_classes <= n:
+        k = k_prior = n_label_classes
+
+    fit_rows, X_fit = emb.sample(n if emb.in_memory else config.sample_size, seed=seed)
+    whole = len(fit_rows) == n  # the fit saw every row: its labels are final
+    sample_map = None if emb.in_memory else _SampleMap(X_fit, n, emb.dim, seed)
+    label = f"{method} clustering" if emb.in_memory else "k-means on a sample, rows assigned shard by shard"
+    with step(progress, label):
+        result = cluster_embeddings(X_fit, k=k, method=method, seed=seed, min_cluster_size=config.min_cluster_size,
+                                    progress=progress)
+        if not whole:
+            result = assign_all_rows(emb, result, config.block_rows,
+                                     on_block=sample_map.add if sample_map is not None else None)
+        elif sample_map is not None:
+            sample_map.add(0, X_fit)
+    if emb.in_memory and method == "kmeans" and config.refine_rounds > 0 and result.k >= 2:
+        graph = inputs.graph(REFINE_GRAPH_K)  # the shared graph over the vectors in memory (cached by `curate index`)
+        result = refine_clusters(X_fit, result, np.asarray(graph.indices), np.asarray(graph.similarities),
+                                 rounds=config.refine_rounds, seed=seed, progress=progress)
+    if k_prior is not None:
+        result.k_selection = KSelection(k=k_prior, k_values=[k_prior], scores=[float("nan")],
+                                        criterion="labelled classes", sample_size=int((codes >= 0).sum()))
+    labels = np.array(list(names_) + [None], dtype=object)[codes]  # -1 -> None; one object per class name
+    summaries = summarize_clusters(result, labels, n_representatives=config.n_representatives,
+                                   n_atypical=config.n_atypical)
+    naming = naming_note = None
+    if config.name_clusters:
+        with step(progress, "cluster names"):
+            naming, naming_note = _name_representatives(cat, summaries, emb, ids, encoder_model)
+    if sample_map is None:
+        with step(progress, "2-D map (UMAP, PCA for small sets)"):
+            xy = embed_2d(X_fit, seed=seed, method=config.map_method)
+    else:
+        xy = sample_map.result()
+
+    clusters_df = pd.DataFrame({
+        "sample_id": ids,
+        "cluster": result.labels.astype(np.int32),
+        "x": xy.xy[:, 0].astype(np.float64),
+        "y": xy.xy[:, 1].astype(np.float64),
+        "distance": result.distances.astype(np.float64),
+    })
+    summ_df = pd.DataFrame({
+        "cluster": [s.cluster for s in summaries],
+        "size": [s.size for s in summaries],
+        "name": [s.name for s in summaries],
+        "majority_label": [s.majority_label for s in summaries],
+        "purity": [s.purity for s in summaries],
+        "representatives": [[int(ids[r]) for r in s.representatives] for s in summaries],
+        "atypical": [[int(ids[r]) for r in s.atypical] for s in summaries],
+    })
+    labeled = [s for s in summaries if s.purity is not None and s.cluster != NOISE]
+    summary = {
+        "encoder": emb.encoder,
+        "out_of_core": not emb.in_memory,
+        **({"kmeans_fitted_on_sample": int(len(fit_rows))} if not emb.in_memory else {}),
+        "method": method,
+        "k": result.k,
+        "n": n,
+        "n_noise": result.n_noise,
+        "k_chosen_by": result.k_selection.criterion if result.k_selection
+        else ("user" if method == "kmeans" else "hdbscan"),
+        "k_scores": dict(zip(result.k_selection.k_values, [round(s, 4) for s in result.k_selection.scores]))
+        if result.k_selection and k_prior is None else None,
+        "map": xy.method,
+        "map_fitted_on": xy.fitted_on,
+        "naming": naming or naming_note,
+        "weighted_purity": (sum(s.purity * s.n_labeled for s in labeled) / sum(s.n_labeled for s in labeled))
+        if labeled else None,
+    }
+    detail = ClusterRun(run_id=0, encoder=emb.encoder, method=method, k=result.k, n=n, n_noise=result.n_noise,
+                        map_method=xy.method, naming=naming, seconds=time.perf_counter() - t0, summary=summary)
+    return Result(summary, tables={"clusters": clusters_df, "cluster_summaries": summ_df},
+                  lines=_lines(detail, summ_df), detail=detail)
+
+
+def _lines(run: ClusterRun, summ_df: pd.DataFrame, max_rows: int = 30) -> list[str]:
+    """What ``curate cluster`` prints: the run in one line, then one line per cluster (at most ``max_rows``)."""
+    lines = [f"{run.k} clusters ({run.method}, k chosen by {run.summary['k_chosen_by']}) over {run.n} samples"
+             f"{f', {run.n_noise} noise' if run.n_noise else ''}; map: {run.map_method}; {run.seconds:.1f}s"]
+    for r in summ_df.head(max_rows).itertuples(index=False):
+        purity = "-" if r.purity is None or pd.isna(r.purity) else f"{r.purity:.2f}"
+        lines.append(f"cluster {r.cluster}: {r.size} samples, name {r.name or '-'}, "
+                     f"majority {r.majority_label or '-'} (purity {purity})")
+    if len(summ_df) > max_rows:
+        lines.append(f"... {len(summ_df) - max_rows} more clusters")
+    return lines
+
+
+def _write(cat: Catalog, result: Result, run_id: int, summary: dict) -> None:
+    """Replace ``clusters`` and ``cluster_summaries`` and finish the run, in one transaction (the summaries'
+    id lists are cast to BIGINT[] explicitly)."""
+    clusters_df = result.tables["clusters"].copy()
+    clusters_df.insert(0, "run_id", run_id)
+    summ_df = result.tables["cluster_summaries"].copy()
+    summ_df.insert(0, "run_id", run_id)
+    with cat.transaction() as con:
+        con.execute("DELETE FROM clusters")
+        con.execute("DELETE FROM cluster_summaries")
+        cat.append_rows("clusters", clusters_df, con=con)
+        _insert_summaries(con, summ_df)
+        cat.finish_run(run_id, summary, con=con)
+    result.detail.run_id = run_id
+    result.detail.summary = summary
+
+
+ANALYSIS = register("clusters", compute, config=ClustersConfig, title="clusters, their summaries and the 2-D map",
+                    tables=("clusters", "cluster_summaries"), needs=frozenset({"embeddings", "graph", "labels"}),
+                    in_memory_only=("hdbscan", "umap map", "cluster refinement"), order=50, write=_write)
 
 
 def _load_images_for(cat: Catalog, encoder: Any, sample_ids: np.ndarray) -> Callable[[list[int]], Any] | None:
@@ -817,6 +1123,8 @@ def run(
 ) -> ClusterRun:
     """Cluster the project's embeddings and write ``clusters`` + ``cluster_summaries`` in one transaction.
 
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :func:`compute`).
+
     Parameters
     ----------
     cat : the project catalog.
@@ -825,12 +1133,12 @@ def run(
     name_clusters : suggest a name per cluster with the encoder (see :func:`suggest_names`); skipped with a note in
         the run summary when the encoder cannot be loaded.
     n_representatives, n_atypical : list lengths in the summaries.
-    map_method : ``auto``, ``umap`` or ``pca`` for the 2-D map.
+    map_method : ``auto``, ``umap`` or ``pca`` for the 2-D map (in memory).
     encoder_model : an already-loaded encoder object for naming (default: ``engine.encoders.get_encoder``).
-    out_of_core : None = :func:`engine.shards.use_out_of_core` decides.  Out of core, k-means (and the choice of
-        k) runs on a seeded sample of ``sample_size`` rows and every row is then assigned to its nearest centroid
-        shard by shard (:func:`engine.analyses.scale.sampled_kmeans`'s scheme); the 2-D map is a PCA fitted on the
-        same sample and applied block by block (UMAP's ``transform`` is too slow for 10^7 rows); only k-means.
+    out_of_core : None lets :meth:`curate.engine.inputs.Inputs.open` decide.  Out of core, k-means (and the choice
+        of k) runs on a seeded sample of ``sample_size`` rows and every row is then assigned to its nearest centroid
+        shard by shard (:func:`assign_all_rows`); the 2-D map is a PCA fitted on the same sample and applied block by
+        block (UMAP's ``transform`` is too slow for 10^7 rows); only k-means.
     progress : an :data:`engine.progress.Progress` callback (silhouette sweep, k-means, naming, 2-D map).
     k_from_labels : with ``k=None`` and k-means, use the number of labelled classes among the embedded samples as k
         when there are at least 2 (the prior a labelled dataset gives); the silhouette choice only without labels.
@@ -843,165 +1151,37 @@ def run(
     -------
     ClusterRun
     """
-    from curate.engine.embed import load_embeddings
-    from curate.engine.progress import step
-    from curate.engine.shards import use_out_of_core
+    from curate.engine.inputs import Inputs
 
     t0 = time.perf_counter()
-    big = use_out_of_core(cat, encoder, out_of_core)
-    shards = None
-    if big:
-        from curate.engine.shards import ShardedEmbeddings
-
-        shards = ShardedEmbeddings.open(cat, encoder, verify=True)
-        X, ids = None, shards.sample_ids()
-        emb = None
-        if method != "kmeans":
-            raise CurateError(f"--method {method} needs every vector in memory; this project is clustered out of "
-                              "core, where only --method kmeans is available (or pass --in-memory)")
-    else:
-        emb = load_embeddings(cat, encoder)
-        X, ids = emb.vectors, np.asarray(emb.sample_ids, dtype=np.int64)
-    enc_name = shards.encoder if big else emb.encoder
-    if len(ids) == 0:
-        raise CurateError(f"embedding set {enc_name} holds no vectors; run `curate embed` first")
-    if method not in METHODS:
-        raise CurateError(f"unknown clustering method {method!r}; use --method kmeans or --method hdbscan")
-    if k is not None and not 1 <= k <= len(ids):
-        raise CurateError(f"--k {k} is out of range: the project has {len(ids)} embedded samples; pick 1..{len(ids)}")
-    params = {"encoder": enc_name, "k": k, "method": method, "seed": seed, "min_cluster_size": min_cluster_size,
-              "out_of_core": big, "refine_rounds": 0 if big or method != "kmeans" else refine_rounds}
-    names_, codes = cat.label_codes(ids)
-    n_label_classes = int(len(np.unique(codes[codes >= 0])))
-    k_prior = None
-    if k is None and method == "kmeans" and k_from_labels and 2 <= n_label_classes <= len(ids):
-        k = k_prior = n_label_classes
-        params["k_from_labels"] = n_label_classes
-    run_id = cat.start_run("clusters", params)
-    with cat.failing_run(run_id):
-        if big:
-            with step(progress, "k-means on a sample, rows assigned shard by shard"):
-                result, xy, fit_emb = _cluster_out_of_core(shards, k, seed, sample_size)
-        else:
-            with step(progress, f"{method} clustering"):
-                result = cluster_embeddings(X, k=k, method=method, seed=seed, min_cluster_size=min_cluster_size,
-                                            progress=progress)
-            if method == "kmeans" and refine_rounds > 0 and result.k >= 2:
-                from curate.indexes.graph import cached_graph, index_dir
-
-                # the shared graph over the vectors already in memory (cache hit after `curate index`)
-                graph = cached_graph(index_dir(cat.root, enc_name), enc_name, ids, X,
-                                     catalog_version=cat.version_token())
-                result = refine_clusters(X, result, np.asarray(graph.indices), np.asarray(graph.similarities),
-                                         rounds=refine_rounds, seed=seed, progress=progress)
-        if k_prior is not None:
-            result.k_selection = KSelection(k=k_prior, k_values=[k_prior], scores=[float("nan")],
-                                            criterion="labelled classes", sample_size=int((codes >= 0).sum()))
-        labels = np.array(list(names_) + [None], dtype=object)[codes]  # -1 -> None; one object per class name
-        summaries = summarize_clusters(result, labels, n_representatives=n_representatives, n_atypical=n_atypical)
-        naming = None
-        naming_note = None
-        if name_clusters:
-            with step(progress, "cluster names"):
-                if big:
-                    naming, naming_note = _name_out_of_core(cat, summaries, shards, ids, encoder_model)
-                else:
-                    naming, naming_note = _name(cat, summaries, emb, encoder_model)
-        if not big:
-            with step(progress, "2-D map (UMAP, PCA for small sets)"):
-                xy = embed_2d(X, seed=seed, method=map_method)
-
-        clusters_df = pd.DataFrame({
-            "run_id": run_id,
-            "sample_id": ids,
-            "cluster": result.labels.astype(np.int32),
-            "x": xy.xy[:, 0].astype(np.float64),
-            "y": xy.xy[:, 1].astype(np.float64),
-            "distance": result.distances.astype(np.float64),
-        })
-        summ_df = pd.DataFrame({
-            "run_id": run_id,
-            "cluster": [s.cluster for s in summaries],
-            "size": [s.size for s in summaries],
-            "name": [s.name for s in summaries],
-            "majority_label": [s.majority_label for s in summaries],
-            "purity": [s.purity for s in summaries],
-            "representatives": [[int(ids[r]) for r in s.representatives] for s in summaries],
-            "atypical": [[int(ids[r]) for r in s.atypical] for s in summaries],
-        })
-        labeled = [s for s in summaries if s.purity is not None and s.cluster != NOISE]
-        summary = {
-            "encoder": enc_name,
-            "out_of_core": big,
-            **({"kmeans_fitted_on_sample": int(fit_emb)} if big else {}),
-            "method": method,
-            "k": result.k,
-            "n": int(len(ids)),
-            "n_noise": result.n_noise,
-            "k_chosen_by": result.k_selection.criterion if result.k_selection
-            else ("user" if method == "kmeans" else "hdbscan"),
-            "k_scores": dict(zip(result.k_selection.k_values, [round(s, 4) for s in result.k_selection.scores]))
-            if result.k_selection and k_prior is None else None,
-            "map": xy.method,
-            "map_fitted_on": xy.fitted_on,
-            "naming": naming or naming_note,
-            "weighted_purity": (sum(s.purity * s.n_labeled for s in labeled) / sum(s.n_labeled for s in labeled))
-            if labeled else None,
-        }
-        with cat.transaction() as con:
-            con.execute("DELETE FROM clusters")
-            con.execute("DELETE FROM cluster_summaries")
-            cat.append_rows("clusters", clusters_df, con=con)
-            _insert_summaries(con, summ_df)
-            cat.finish_run(run_id, summary, con=con)
-    return ClusterRun(run_id=run_id, encoder=enc_name, method=method, k=result.k, n=len(ids), n_noise=result.n_noise,
-                      map_method=xy.method, naming=naming, seconds=time.perf_counter() - t0, summary=summary)
+    config = ClustersConfig(k=k, method=method, seed=seed, name_clusters=name_clusters,
+                            n_representatives=n_representatives, n_atypical=n_atypical,
+                            min_cluster_size=min_cluster_size, map_method=map_method, sample_size=sample_size,
+                            k_from_labels=k_from_labels, refine_rounds=refine_rounds)
+    inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, progress=progress)
+    if inputs.encoder is not None and inputs.n > 0:  # the catalog's counts: refuse before a run is recorded
+        _check(config, inputs.n, not inputs.out_of_core, inputs.encoder)
+    analysis = ANALYSIS
+    if encoder_model is not None:
+        analysis = dataclasses.replace(ANALYSIS, compute=functools.partial(compute, encoder_model=encoder_model))
+    detail = registry_run(cat, analysis, config, inputs=inputs).detail
+    detail.seconds = time.perf_counter() - t0
+    return detail
 
 
-def _cluster_out_of_core(shards: Any, k: int | None, seed: int, sample_size: int) -> tuple[ClusterResult, Map2D, int]:
-    """k-means on a seeded sample (k chosen there when None), every row assigned shard by shard, PCA map."""
-    import faiss
-    from sklearn.decomposition import PCA
-
-    _, Xs = shards.sample(sample_size, seed=seed)
-    fit = cluster_embeddings(Xs, k=k, method="kmeans", seed=seed)
-    n = len(shards)
-    index = faiss.IndexFlatL2(shards.dim)
-    index.add(np.ascontiguousarray(fit.centroids, np.float32))
-    labels = np.empty(n, np.int64)
-    dist = np.empty(n, np.float32)
-    xy = np.zeros((n, 2), np.float32)
-    m = min(2, shards.dim, len(Xs))
-    pca = PCA(n_components=m, random_state=seed).fit(Xs) if len(Xs) >= 2 else None
-    for start, _ids, X in shards.iter_blocks(65_536):
-        D, I = index.search(X, 1)
-        labels[start:start + len(X)] = I[:, 0]
-        dist[start:start + len(X)] = np.sqrt(np.maximum(D[:, 0], 0))
-        if pca is not None:
-            xy[start:start + len(X), :m] = pca.transform(X)
-    # cluster ids by size over all rows (0 = largest), as in the in-memory path
-    sizes = np.bincount(labels, minlength=fit.k)
-    order = np.lexsort((np.arange(fit.k), -sizes))
-    remap = np.empty(fit.k, np.int64)
-    remap[order] = np.arange(fit.k)
-    result = ClusterResult(labels=remap[labels], centroids=np.asarray(fit.centroids)[order], distances=dist, k=fit.k,
-                           method="kmeans", seed=seed, k_selection=fit.k_selection,
-                           inertia=float(np.square(dist, dtype=np.float64).sum()))
-    return result, Map2D(xy=np.nan_to_num(xy), method="pca (fitted on a sample)", fitted_on=len(Xs)), len(Xs)
-
-
-def _name_out_of_core(cat: Catalog, summaries: list[ClusterSummary], shards: Any, ids: np.ndarray,
-                      encoder_model: Any) -> tuple[str | None, str | None]:
-    """:func:`_name` on the representatives' vectors only (a few per cluster), not on every row."""
+def _name_representatives(cat: Catalog, summaries: list[ClusterSummary], emb: Any, ids: np.ndarray,
+                          encoder_model: Any) -> tuple[str | None, str | None]:
+    """:func:`_name` on the representatives' vectors only (a few per cluster, read with ``emb.take``)."""
     from dataclasses import replace
 
     from curate.engine.embed import EmbeddingSet
 
-    rows = np.unique(np.concatenate([np.asarray(s.representatives, np.int64) for s in summaries] + [np.empty(0, np.int64)]))
+    rows = np.unique(np.concatenate([np.asarray(s.representatives, np.int64) for s in summaries]
+                                    + [np.empty(0, np.int64)]))
     local = {int(r): i for i, r in enumerate(rows)}
     compact = [replace(s, representatives=[local[int(r)] for r in s.representatives]) for s in summaries]
-    emb = EmbeddingSet(shards.encoder, ids[rows], shards.take(rows))
-    how, note = _name(cat, compact, emb, encoder_model)
+    sub = EmbeddingSet(emb.encoder, ids[rows], emb.take(rows))
+    how, note = _name(cat, compact, sub, encoder_model)
     for s, c in zip(summaries, compact):
         s.name = c.name
     return how, note

@@ -42,20 +42,27 @@ issue                     relative rule (z = ``z_threshold``, default 3.5)      
 
 Scores follow cleanlab's convention: in [0, 1], lower = worse.  ``image_issues`` holds one row per flagged
 (sample, issue) with that issue's score.
+
+The registered analysis ``image_quality`` (:func:`compute`, options :class:`ImageQualityConfig`) reads only the
+files; its run writes the newly measured ``image_stats`` rows and the whole ``image_issues`` table in one
+transaction.  :func:`run` is the same through keyword arguments.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from curate.engine.analyses.registry import Config, Result, register
+from curate.engine.analyses.registry import run as registry_run
 from curate.engine.catalog import Catalog, CurateError
 
 WORK_SIZE = 256
@@ -63,9 +70,13 @@ STAT_COLUMNS = ("brightness", "contrast", "blur", "entropy", "colorfulness", "as
 ISSUE_TYPES = ("dark", "bright", "blurry", "low_information", "odd_aspect_ratio", "odd_size", "grayscale")
 
 
-@dataclass
-class ImageQualityConfig:
-    """Thresholds of the image-property issues (see the module doc for the rules)."""
+@dataclass(frozen=True)
+class ImageQualityConfig(Config):
+    """Thresholds of the image-property issues (see the module doc for the rules), and how the statistics are read.
+
+    ``workers``: threads reading images (None: ``min(8, CPUs)``); ``recompute``: measure again the images that
+    already have statistics; ``max_side``: side of the working copy (None: :func:`working_side` of the dataset).
+    """
 
     z_threshold: float = 3.5
     dark_abs: float = 0.20
@@ -82,6 +93,24 @@ class ImageQualityConfig:
     size_rel_min: float = 4.0
     size_min_side: float = 16.0
     grayscale_max_fraction: float = 0.5
+    workers: int | None = None
+    recompute: bool = False
+    max_side: int | None = None
+
+    def validate(self) -> None:
+        if not float(self.z_threshold) > 0:
+            raise CurateError(f"image-quality z_threshold must be > 0, got {self.z_threshold}; try 3.5")
+        for name in ("blur_rel_factor", "aspect_abs", "aspect_rel_min", "size_rel_min"):
+            if not float(getattr(self, name)) >= 1.0:
+                raise CurateError(f"image-quality {name} is a ratio and must be >= 1, got {getattr(self, name)}")
+        for name in ("dark_abs", "dark_rel_max", "bright_abs", "bright_rel_min", "blur_abs", "blur_min_contrast",
+                     "low_info_rel_fraction", "grayscale_max_fraction"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise CurateError(f"image-quality {name} must be >= 0, got {getattr(self, name)}")
+        if self.workers is not None and int(self.workers) < 1:
+            raise CurateError(f"workers must be at least 1, got {self.workers}; try --workers 4")
+        if self.max_side is not None and int(self.max_side) < 8:
+            raise CurateError(f"max_side must be at least 8 pixels, got {self.max_side}; try 256")
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -378,56 +407,84 @@ def working_side(widths: Iterable[float], heights: Iterable[float], cap: int = W
     return int(max(8, min(cap, np.median(longer))))
 
 
+def compute(inputs: Any, config: ImageQualityConfig) -> Result:
+    """Measure the images without statistics (all of them with ``recompute``) and flag image-property issues.
+
+    Needs only the catalog and the files (no embeddings).  Samples whose file cannot be read any more are skipped
+    and counted in the summary.  The result replaces the ``image_stats`` rows of the measured samples only
+    (``Result.where``; the other rows are kept for the next run) and the whole ``image_issues`` table.
+    """
+    from curate.engine.progress import step
+
+    cat = inputs.cat
+    progress = inputs.progress if inputs.progress is not None else False
+    samples = cat.samples("id, path, width, height")
+    if samples.empty:
+        raise CurateError("the project has no samples; run `curate ingest FOLDER` first")
+    side = int(config.max_side or working_side(samples["width"], samples["height"]))
+    stored = cat.query_df("SELECT s.* FROM image_stats s JOIN samples p ON p.id = s.sample_id ORDER BY s.sample_id")
+    todo = samples if config.recompute else samples[~samples["id"].isin(stored["sample_id"])]
+    stats_list, errors = compute_statistics(todo["path"].tolist(), workers=config.workers, max_side=side,
+                                            progress=progress)
+    rows = [dict(sample_id=int(sid), **st) for sid, st in zip(todo["id"], stats_list) if st is not None]
+    unreadable = [(int(sid), p, e) for sid, p, e in zip(todo["id"], todo["path"], errors) if e is not None]
+    new = pd.DataFrame(rows, columns=["sample_id", *STAT_COLUMNS])
+    if len(new):
+        new["is_grayscale"] = new["is_grayscale"].astype(bool)
+    # every live sample's statistics as they will be stored: the new ones replace their stored rows
+    kept = stored[~stored["sample_id"].isin(new["sample_id"])]
+    if len(new) and len(kept):
+        known = pd.concat([kept, new[kept.columns]], ignore_index=True)
+    else:
+        known = new if len(new) else kept
+    known = known.sort_values("sample_id", kind="stable").reset_index(drop=True)
+    with step(progress if callable(progress) else None, "issue rules"):
+        issues = image_issues(known, config)
+    counts = issues["issue"].value_counts().to_dict()
+    summary = {
+        "images": int(len(known)),
+        "working_side": side,
+        "stats_computed": int(len(new)),
+        "unreadable": len(unreadable),
+        "unreadable_examples": [{"sample_id": s, "path": p, "error": e} for s, p, e in unreadable[:20]],
+        "issues": {k: int(counts.get(k, 0)) for k in ISSUE_TYPES},
+        "samples_with_issues": int(issues["sample_id"].nunique()),
+        "cutoffs": issues.attrs.get("cutoffs", {}),
+        "mean_scores": issues.attrs.get("mean_scores", {}),
+    }
+    lines = [f"{summary['images']} images ({summary['stats_computed']} newly measured, {summary['unreadable']} "
+             f"unreadable); {summary['samples_with_issues']} with at least one issue"]
+    lines += [f"{issue}: {n} images" for issue, n in summary["issues"].items()]
+    if not len(new):  # nothing measured: image_stats stays as it is
+        return Result(summary, tables={"image_issues": issues}, lines=lines, detail=issues)
+    return Result(summary, tables={"image_stats": new, "image_issues": issues}, lines=lines, detail=issues,
+                  where=("sample_id IN (SELECT unnest(?))", [new["sample_id"].tolist()]))
+
+
+ANALYSIS = register("image_quality", compute, config=ImageQualityConfig,
+                    title="blurry, dark, bright, low-information, odd-sized and grayscale images",
+                    tables=("image_issues", "image_stats"), needs=frozenset({"files"}), order=40)
+
+
 def run(cat: Catalog, config: ImageQualityConfig | None = None, workers: int | None = None, recompute: bool = False,
         max_side: int | None = None, progress=False) -> dict:
     """Compute missing image statistics, flag image-property issues, write ``image_stats`` + ``image_issues``.
 
-    Needs only the catalog and the files (no embeddings).  Statistics already in ``image_stats`` are reused
-    unless ``recompute``; samples whose file cannot be read any more are skipped and counted in the summary.
-    ``max_side`` is the working-copy side (default :func:`working_side` of the dataset).  ``progress``: True (a
-    bar) or an :data:`engine.progress.Progress` callback.
+    The registry's runner does the work (:func:`curate.engine.analyses.registry.run` with :func:`compute`), in one
+    transaction.  Statistics already in ``image_stats`` are reused unless ``recompute``; samples whose file cannot
+    be read any more are skipped and counted in the summary.  ``config`` gives the thresholds; ``workers``,
+    ``recompute`` and ``max_side`` (the working-copy side, default :func:`working_side` of the dataset), when
+    given, override its fields.  ``progress``: True (a bar) or an :data:`engine.progress.Progress` callback.
 
     Returns
     -------
     dict : the run summary (counts per issue, cutoffs, unreadable files).
     """
-    cfg = config or ImageQualityConfig()
-    samples = cat.samples("id, path, width, height")
-    if samples.empty:
-        raise CurateError("the project has no samples; run `curate ingest FOLDER` first")
-    side = int(max_side or working_side(samples["width"], samples["height"]))
-    run_id = cat.start_run("image_quality", {"config": asdict(cfg), "recompute": recompute, "max_side": side})
-    with cat.failing_run(run_id):
-        known = cat.query_df("SELECT sample_id FROM image_stats")
-        todo = samples if recompute else samples[~samples["id"].isin(known["sample_id"])]
-        stats_list, errors = compute_statistics(todo["path"].tolist(), workers=workers, max_side=side,
-                                                progress=progress)
-        rows = [dict(sample_id=int(sid), **st) for sid, st in zip(todo["id"], stats_list) if st is not None]
-        unreadable = [(int(sid), p, e) for sid, p, e in zip(todo["id"], todo["path"], errors) if e is not None]
-        new = pd.DataFrame(rows, columns=["sample_id", *STAT_COLUMNS])
-        if len(new):
-            new["is_grayscale"] = new["is_grayscale"].astype(bool)
-            cat.replace_analysis("image_stats", new, run_id, {"stats_computed": len(new)},
-                                 where="sample_id IN (SELECT unnest(?))", where_params=[new["sample_id"].tolist()])
-        known = cat.query_df("SELECT s.* FROM image_stats s JOIN samples p ON p.id = s.sample_id ORDER BY s.sample_id")
-        from curate.engine.progress import step
-
-        with step(progress if callable(progress) else None, "issue rules"):
-            issues = image_issues(known, cfg)
-        counts = issues["issue"].value_counts().to_dict()
-        summary = {
-            "images": int(len(known)),
-            "working_side": side,
-            "stats_computed": int(len(new)),
-            "unreadable": len(unreadable),
-            "unreadable_examples": [{"sample_id": s, "path": p, "error": e} for s, p, e in unreadable[:20]],
-            "issues": {k: int(counts.get(k, 0)) for k in ISSUE_TYPES},
-            "samples_with_issues": int(issues["sample_id"].nunique()),
-            "cutoffs": issues.attrs.get("cutoffs", {}),
-            "mean_scores": issues.attrs.get("mean_scores", {}),
-        }
-        cat.replace_analysis("image_issues", issues, run_id, summary)
-    return summary
+    base = config or ImageQualityConfig()
+    cfg = dataclasses.replace(base, workers=base.workers if workers is None else workers,
+                              recompute=base.recompute or bool(recompute),
+                              max_side=base.max_side if max_side is None else max_side)
+    return registry_run(cat, ANALYSIS, cfg, progress=progress).summary
 
 
 def worst_examples(cat: Catalog, per_issue: int = 3) -> pd.DataFrame:

@@ -360,7 +360,7 @@ def add_synthetic_samples(cat: Catalog, n: int, config: Any | None = None, prefi
     """Insert ``n`` placeholder samples (paths ``synthetic://<i>``) for benchmarks of the encoder-free mode.
 
     Returns the number inserted.  Labels are not written (10^7 label rows belong in Parquet, see
-    :func:`engine.analyses.scale.label_issues_out_of_core`).
+    :func:`engine.analyses.label_issues.label_issues_out_of_core`).
     """
     from curate.engine.catalog import utcnow
 
