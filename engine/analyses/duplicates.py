@@ -1370,7 +1370,8 @@ def compute(inputs: Any, config: DuplicatesConfig) -> Result:
 ANALYSIS = register(
     "duplicates", compute, config=DuplicatesConfig,
     title="exact and near-duplicate sets, train/test leakage, SemDeDup curve",
-    tables=("duplicates", "semdedup"), needs=frozenset({"embeddings", "graph", "files"}), order=20,
+    tables=("duplicates", "semdedup"), needs=frozenset({"embeddings", "graph", "files"}), graph_option="k",
+    order=20,
     in_memory_only=("SemDeDup curve", "perceptual-hash pairs", "pixel check"))
 
 

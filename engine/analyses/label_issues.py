@@ -1313,7 +1313,7 @@ def compute(inputs: Any, config: LabelIssuesConfig) -> Result:
 
 ANALYSIS = register("label_issues", compute, config=LabelIssuesConfig,
                     title="probably wrong labels and what they should be", tables=("label_issues",),
-                    needs=frozenset({"embeddings", "graph", "labels"}), order=10,
+                    needs=frozenset({"embeddings", "graph", "labels"}), graph_option="k", order=10,
                     in_memory_only=("cross-validated probe", "imported predictions"))
 # the same analysis for a project without embeddings whose imported predictions cover every labeled sample
 _PREDICTIONS_ONLY = dataclasses.replace(ANALYSIS, needs=frozenset({"labels"}))

@@ -177,7 +177,7 @@ def compute(inputs: Any, config: OutliersConfig) -> Result:
 
 
 ANALYSIS = register("outliers", compute, config=OutliersConfig, title="samples far from every neighbour",
-                    tables=("outliers",), needs=frozenset({"graph"}), order=30)
+                    tables=("outliers",), needs=frozenset({"graph"}), graph_option="k", order=30)
 
 
 def run(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, z_threshold: float = DEFAULT_Z,

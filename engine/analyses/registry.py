@@ -120,6 +120,8 @@ class Analysis:
     in_memory_only : the parts that need every vector in memory; an out-of-core run lists them as left out.
     kind : ``runs.kind`` of its runs (default ``name``).
     label : its step name in the audit's timing table (default: ``name`` with spaces).
+    graph_option : the config field that holds the kNN-graph degree it reads (e.g. ``k``); when the caller does not
+        set it, the runner fills it with the shared inputs' degree, so ``curate audit all --k 15`` reaches it.
     order : position in ``curate audit all`` (ascending; ties by name).
     write : optional ``(cat, result, run_id, summary) -> None`` replacing the default table write (it must finish
         the run, as :meth:`Catalog.replace_analysis` does).
@@ -134,6 +136,7 @@ class Analysis:
     in_memory_only: tuple[str, ...] = ()
     kind: str = ""
     label: str = ""
+    graph_option: str = ""
     order: int = 100
     write: Callable[..., None] | None = None
 
@@ -242,11 +245,13 @@ def run(cat: Catalog, name: str | Analysis, config: Config | None = None, *, inp
     from curate.engine.inputs import Inputs
 
     analysis = name if isinstance(name, Analysis) else get(name)
-    cfg = analysis.configure(config, **options)
     if inputs is None:
         inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, k=graph_k, progress=progress)
     elif progress is not None:
         inputs = inputs.with_progress(progress)
+    if config is None and analysis.graph_option and options.get(analysis.graph_option) is None:
+        options[analysis.graph_option] = inputs.k
+    cfg = analysis.configure(config, **options)
     if analysis.needs_embeddings:
         inputs.embeddings  # noqa: B018  # fail before a run is recorded when there are no embeddings
     params = {**cfg.as_dict(), "encoder": inputs.encoder if analysis.needs_embeddings else None,
