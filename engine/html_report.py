@@ -351,7 +351,7 @@ def render_html(data: ReportData) -> str:
     import jinja2
     import plotly.offline
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("engine", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("curate.engine", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     figs: dict[str, str] = {"health": _fig_html(health_figure(data.health), "fig-health")}
     if len(data.classes):

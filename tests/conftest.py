@@ -11,8 +11,22 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # `import curate` from a checkout that is not pip-installed
     sys.path.insert(0, str(ROOT))
+
+
+class _NoGenericTopLevel:
+    """The checkout's folders engine/, indexes/, app/ are importable only as curate.engine, curate.indexes and
+    curate.app (that is how they are installed); a stray ``import engine`` (or a string naming the module, as a
+    template loader does) must fail here as it fails for users, not find the folder through the checkout root."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in ("engine", "indexes", "app"):
+            raise ModuleNotFoundError(f"No module named {fullname!r} (use curate.{fullname})", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _NoGenericTopLevel())
 
 # Tests never wait long on a locked catalog.
 os.environ.setdefault("CURATE_LOCK_WAIT", "10")

@@ -104,10 +104,12 @@ def test_one_register_call_reaches_the_cli_the_audit_and_the_ui(toy, embedded):
     np.testing.assert_allclose(stored.set_index("sample_id")["value"], expect.loc[stored.sample_id], rtol=1e-6)
 
     # a bad option is one line naming it
-    bad = _cli("audit", "toy", "-p", cat.root, "--set", "scale=-1")
-    assert bad.exit_code != 0
-    unknown = _cli("audit", "toy", "-p", cat.root, "--set", "colour=red")
-    assert unknown.exit_code != 0
+    with pytest.raises(CurateError, match="toy scale must be > 0"):
+        _cli("audit", "toy", "-p", cat.root, "--set", "scale=-1")
+    with pytest.raises(CurateError, match="unknown option.*colour"):
+        _cli("audit", "toy", "-p", cat.root, "--set", "colour=red")
+    with pytest.raises(CurateError, match="--set takes KEY=VALUE"):
+        _cli("audit", "toy", "-p", cat.root, "--set", "scale")
 
     # the audit's steps and the UI overview iterate the registry
     from curate.engine.pipeline import audit_steps

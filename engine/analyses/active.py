@@ -1001,6 +1001,7 @@ def _lines(q: QueryResult, export_error: Exception | None = None) -> list[str]:
 
 
 ANALYSIS = register("query", compute, config=QueryConfig, title="the next samples to send to annotators",
+                    label="active-learning query",
                     tables=("queries",), needs=frozenset({"embeddings", "graph", "labels"}),
                     in_memory_only=("candidates beyond the pool", "kNN-graph near-duplicate rules"), order=60,
                     write=_write)
