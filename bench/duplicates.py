@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     out.with_suffix(".md").write_text(md + "\n")
-    print("\nREADME table:\n" + md)
+    print("\nTable for docs/benchmarks.md:\n" + md)
     print(f"\nwrote {out} ({result['seconds']}s)")
     return result
 

@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
     for m, a in result["averages"].items():
         print(f"  {m:30s} F1={a['f1']:.3f} AUROC={a['auroc']:.3f} P={a['precision']:.3f} R={a['recall']:.3f} "
               f"s={a['seconds']:.2f} ({a['runs']} runs)")
-    print("\nREADME table:\n" + md)
+    print("\nTable for docs/benchmarks.md:\n" + md)
     print(f"\nwrote {args.out}")
     return result
 

@@ -378,7 +378,8 @@ def print_tables(all_res: dict) -> None:
 
 
 def markdown(all_res: dict) -> str:
-    """README tables from the saved results (label issues, duplicates, clusters per size and encoder)."""
+    """The docs/benchmarks.md tables from the saved results (label issues, duplicates, clusters per size and
+    encoder)."""
     out = []
     keys = sorted(all_res, key=lambda k: (int(k.split()[0]), k))
     out.append("| N | encoder | probe acc. | labels (true noise) | ours F1 (flags) | cleanlab recipe F1 (flags) | "
@@ -427,7 +428,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-transform", type=int, default=100, help="planted copies per transformation")
     ap.add_argument("--work", default=str(ROOT / "bench" / ".real_data"), help="data, projects and image cache")
     ap.add_argument("--datalab-max", type=int, default=10000, help="largest N that also runs cleanlab Datalab")
-    ap.add_argument("--markdown", action="store_true", help="print the README tables of the saved results and exit")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the docs/benchmarks.md tables of the saved results and exit")
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(RESULTS.read_text())))

@@ -339,7 +339,7 @@ def plot(rows: list[dict], path: Path) -> str | None:
 
 
 def markdown(result: dict) -> str:
-    """The results as a Markdown table (for docs/scale.md): one row per stage and N, local and Ray side by side."""
+    """The results as a Markdown table (for docs/benchmarks.md): one row per stage and N, local and Ray side by side."""
     rows = result["results"]
     lines = ["| stage | N | local s | local peak MB | Ray s | Ray driver / tree peak MB | Ray/local | f32 MB | "
              "quality |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
