@@ -605,10 +605,9 @@ def refine_clusters(X: np.ndarray, result: ClusterResult, knn_indices: np.ndarra
     Each round fits a linear probe on the ``keep_fraction`` of every cluster closest to its centre (or most
     confidently assigned), and reassigns every point by the average of the probe's probabilities and the
     similarity-weighted cluster vote of its kNN-graph neighbours.  The probe alone drifts (its own mistakes become
-    its training labels); the neighbour vote keeps each point with the company it keeps.  Measured on CIFAR-10
-    (10k photos): ACC 0.648 -> 0.661 after one round and 0.674 after four with ``effnet-lite2:128``, 0.417 -> 0.426
-    with ``effnet-lite0:64``; the probe alone fell to 0.55.  On small, overlapping sets (240 points in 4 blobs)
-    further rounds drifted (0.88 after one, 0.70 after six), so the default is one round.
+    its training labels); the neighbour vote keeps each point with the company it keeps.  One round by default:
+    further rounds gain little on real photos and drift on small overlapping sets (measurements: docs/analyses.md,
+    "Clusters and the 2-D map").
 
     Returns
     -------

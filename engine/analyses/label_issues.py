@@ -11,7 +11,7 @@ How it works
      labeled neighbours (self excluded, unlabeled neighbours ignored) smoothed towards the class frequencies with
      ``knn_prior`` pseudo-neighbours;
    * combined as ``probe_weight * probe + (1 - probe_weight) * knn``.  The default weight is a measured choice:
-     ``bench/label_issues.py`` reports probe-only, kNN-only and combined side by side (README table).
+     ``bench/label_issues.py`` reports probe-only, kNN-only and combined side by side.
 
    User-supplied predictions (the ``predictions`` table, ``curate import-predictions``) take precedence: rows that
    have them use them as they are; the others are estimated as above.
@@ -23,15 +23,18 @@ How it works
    vs true labels, from which come the per-class noise rates and the most confused class pairs.  The suggested
    label is the argmax of the out-of-sample probabilities and its confidence the probability there.
 
-Cleaning rounds and the flag count (measured on real human noise, ``bench/real_data.py``)
--------------------------------------------------------------------------------------
-* The probe sees the 256 whitened principal components (``probe_dims``, ``C=0.003``): as accurate as the full
-  vectors on CIFAR-10 and ~20x faster.
+Cleaning rounds and the flag count
+----------------------------------
+* The probe sees the whitened principal components (``probe_dims``, strongly regularised ``C``): as accurate as the
+  full vectors and much faster.
 * ``rounds=2``: the second estimate trains the probe without, and ignores the votes of, the samples the first one
-  flagged.  CIFAR-10N at 10k: best-possible F1 0.657 -> 0.672 (17 % noise) and 0.731 -> 0.79 (40 %).
+  flagged.
 * ``flag_count="calibrated"``: the number flagged is ``calibrated_noise_rate(...) x n`` instead of confident
-  learning's own count, which counts the encoder's confusions as noise (11 % on clean CIFAR-10 labels through
-  ``effnet-lite0:64``, 2.4 % through ``effnet-lite2:128``).
+  learning's own count, which counts the encoder's confusions as label noise.
+
+Why each default is what it is, with the measurements behind it (``bench/label_issues.py --sweep`` on planted
+noise, ``bench/real_data.py`` on CIFAR-10N human noise): docs/analyses.md, "Label issues".  Numbers live there and
+in ``bench/results/``, not here, so that they are rerun rather than left to go stale.
 
 Small classes
 -------------
@@ -60,26 +63,6 @@ block over the memory-mapped graph and streamed twice through cleanlab's batched
 (:func:`label_issues_out_of_core`); the summary says ``"probabilities": "knn vote (out of core)"`` and the runner
 lists the left-out parts (``left_out``).  Both paths build their summary with :func:`summarize` and write the same
 ``label_issues`` table.
-
-Measured defaults (``bench/label_issues.py --sweep``, results in ``bench/results/label_issues_sweep.json``: F1 of
-the flags vs injected noise on the demo embeddings, sklearn digits and imbalanced Gaussian blobs, 10/20/40%
-symmetric and class-dependent noise, 18 settings; plus the 1,000-class set of the main bench)
---------------------------------------------------------------------------------------------------------------
-* ``probe_weight``: 0.7 since the real-noise bench (the 0.5 below was measured on planted noise; on CIFAR-10N 0.7 was
-  best or within 0.01 F1 of 0.5 and 1.0).  Earlier sweep: the average of probe and kNN vote was best or within 0.02 F1 of the best weight (0, 0.25,
-  0.5, 0.75, 1) in 18 of 18 settings and never lost to probe-only by more than 0.011 or to kNN-only by more than
-  0.003; on the demo embeddings it beat probe-only by 0.01-0.04 F1 and kNN-only by 0.04-0.22.  Mean F1: 0.863
-  (0.5) vs 0.850 (0.25 and 0.75), 0.829 (probe only), 0.810 (kNN only); cleanlab Datalab 0.805.
-* ``C=0.01`` (probe L2): strong regularisation keeps the probe from fitting the noisy labels it is trained on.
-  Mean F1 0.869 / 0.863 / 0.837 / 0.817 at C = 0.003 / 0.01 / 0.1 / 1.  We keep 0.01 rather than 0.003 because
-  the probe needs weaker regularisation when classes are small: in a separate sweep on 1,000 Gaussian classes of 8
-  samples (20% symmetric noise) probe-only F1 rose from 0.89 (C=0.01) to 0.92 (C=0.1), while the combined
-  estimate was best at C=0.01 (1.00 vs 0.99).
-* kNN weights linear in the cosine (``knn_temperature=None``): exponential weights ``exp((cos - 1) / T)`` lowered
-  mean F1 (0.852 at T=0.1, 0.842 at T=0.05; kNN-only 0.793 / 0.729 vs 0.810) and broke the 1,000-class set
-  (kNN-only 0.93 -> 0.50 at T=0.05).  They only helped crowded few-shot data (3 samples per class, 1,000 classes in
-  8-d), where the own class has fewer voters than the neighbouring classes.  ``knn_prior``: 0.1 and 3 changed mean
-  F1 by < 0.003.
 """
 
 from __future__ import annotations
@@ -102,7 +85,7 @@ from curate.engine.shards import write_parquet_parts
 
 DEFAULT_N_FOLDS = 5
 DEFAULT_K = 10
-DEFAULT_PROBE_WEIGHT = 0.7  # measured: see "Measured defaults" above and bench/real_data.py
+DEFAULT_PROBE_WEIGHT = 0.7  # measured: docs/analyses.md, bench/real_data.py
 DEFAULT_KNN_PRIOR = 1.0  # pseudo-neighbours of smoothing towards the class frequencies
 DEFAULT_KNN_TEMPERATURE: float | None = None
 DEFAULT_SINGLETON_FLAG_CONFIDENCE = 0.5
