@@ -2,8 +2,8 @@
 
 BEFORE and AFTER are folders of the JSON files the benchmarks write (bench/results/ of two checkouts, or copies of
 it).  For every file present in both, every numeric leaf present in both is paired by its JSON path.  Quality
-numbers (precision, recall, F1, ACC, NMI, ARI, AUROC, accuracy, ...) are reported as differences; times, memory
-and throughput as ratios after/before.  The table lists the quality numbers that moved by more than --tolerance
+numbers (precision, recall, F1, ACC, NMI, ARI, AUROC, accuracy, ...) are reported as differences; times and memory
+(lower is better) and throughputs (higher is better) as ratios after/before.  The table lists the quality numbers that moved by more than --tolerance
 and a per-file summary of both kinds; the full pairing goes to --json.
 """
 
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 QUALITY = re.compile(r"(precision|recall|f1|\bacc|accuracy|nmi|ari\b|auroc|auc|purity|silhouette|hit|agree)", re.I)
-COST = re.compile(r"(second|time|_s$|_ms$|\bms\b|per_s|throughput|peak|mb\b|_mb|bytes|rss|speed|ratio)", re.I)
+SPEED = re.compile(r"(img_s|per_s|throughput|speedup|per_second)", re.I)  # higher is better
+COST = re.compile(r"(second|time|_s$|_ms$|\bms\b|peak|mb\b|_mb|bytes|rss)", re.I)  # lower is better
 
 
 def leaves(obj, path: str = ""):
@@ -44,6 +45,8 @@ def kind(path: str) -> str | None:
     last = path.rsplit("/", 1)[-1]
     if QUALITY.search(last):
         return "quality"
+    if SPEED.search(last):
+        return "speed"
     if COST.search(last):
         return "cost"
     return None
@@ -64,7 +67,7 @@ def main() -> int:
     for name in files:
         a = dict(leaves(json.loads((args.before / name).read_text())))
         b = dict(leaves(json.loads((args.after / name).read_text())))
-        q, c = [], []
+        q, c, v = [], [], []
         for path in sorted(set(a) & set(b)):
             k = kind(path)
             if k is None:
@@ -74,16 +77,19 @@ def main() -> int:
             if k == "quality":
                 q.append(b[path] - a[path])
             elif a[path] > 0 and b[path] > 0:
-                c.append(b[path] / a[path])
+                (v if k == "speed" else c).append(b[path] / a[path])
         summary.append({"file": name, "quality_numbers": len(q),
                         "quality_max_abs_change": max((abs(d) for d in q), default=0.0),
                         "quality_mean_change": statistics.fmean(q) if q else 0.0,
-                        "cost_numbers": len(c), "cost_median_ratio": statistics.median(c) if c else float("nan")})
-    print("| file | quality numbers | mean change | max abs change | cost numbers | median cost after/before |")
-    print("|---|---|---|---|---|---|")
+                        "cost_numbers": len(c), "cost_median_ratio": statistics.median(c) if c else float("nan"),
+                        "speed_numbers": len(v), "speed_median_ratio": statistics.median(v) if v else float("nan")})
+    print("| file | quality numbers | mean change | max abs change | time/memory numbers | median after/before "
+          "| throughputs | median after/before |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in summary:
         print(f"| {s['file']} | {s['quality_numbers']} | {s['quality_mean_change']:+.4f} | "
-              f"{s['quality_max_abs_change']:.4f} | {s['cost_numbers']} | {s['cost_median_ratio']:.2f} |")
+              f"{s['quality_max_abs_change']:.4f} | {s['cost_numbers']} | {s['cost_median_ratio']:.2f} | "
+              f"{s['speed_numbers']} | {s['speed_median_ratio']:.2f} |")
     moved = [p for p in pairs if p["kind"] == "quality" and abs(p["after"] - p["before"]) > args.tolerance]
     print(f"\nquality numbers that moved by more than {args.tolerance}: {len(moved)} of "
           f"{sum(p['kind'] == 'quality' for p in pairs)}")
