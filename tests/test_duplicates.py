@@ -375,6 +375,31 @@ def test_verify_pairs_needs_a_copy_to_stand_out_from_its_reference_neighbour():
     assert ok.i.tolist() == [3] and corr[0] == -1
 
 
+def test_pixels_confirm_only_images_with_fine_detail():
+    """Two different smooth, coarse images (an upscaled 8x8 drawing) correlate as well as a copy does; their pixels
+    are not evidence.  A detailed image and its shifted copy still are."""
+    from PIL import Image
+
+    from curate.engine.analyses.duplicates import (DuplicatePairs, pixel_signature, signature_detail,
+                                                   verify_pairs)
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images  # two different writers' sevens, each other's nearest neighbour
+    smooth = [Image.fromarray((digits[i] * 15).astype(np.uint8)).resize((64, 64), Image.BILINEAR) for i in (597, 653)]
+    photo = _photo(7)
+    shifted = Image.new("RGB", photo.size)
+    shifted.paste(photo, (2, 1))
+    sig = np.stack([pixel_signature(im) for im in smooth + [photo, shifted]])
+    detail = signature_detail(sig)
+    assert detail[:2].max() < 0.3 <= detail[2:].min(), detail
+    pairs = DuplicatePairs(np.array([0, 2]), np.array([1, 3]), np.array([0.9, 0.9], np.float32))
+    ok, corr = verify_pairs(pairs, sig, min_detail=0.0)
+    assert ok.i.tolist() == [0, 2] and (corr > 0.85).all(), corr  # by correlation alone both pass
+    ok, _ = verify_pairs(pairs, sig)  # the default needs fine detail on both sides
+    assert ok.i.tolist() == [2]
+
+
 def test_candidate_pairs_are_the_close_neighbours_that_stand_out():
     from curate.engine.analyses.duplicates import candidate_pairs
 
