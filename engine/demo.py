@@ -30,7 +30,7 @@ from PIL import Image, ImageFilter
 from curate.engine.catalog import Catalog, CurateError
 
 SIZE = 64
-DEMO_VERSION = 3  # 3: overlapping crops of one photograph are recorded as near-duplicates
+DEMO_VERSION = 2
 
 
 @dataclass
@@ -216,7 +216,6 @@ def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0
 
     # outliers: crops of real photographs filed under digit classes
     photos = load_sample_images().images
-    crops: list[tuple[int, int, int, str]] = []  # (photo, y, x, rel)
     for j in range(8):
         ph = photos[j % len(photos)]
         y, x = int(rng.integers(0, ph.shape[0] - 200)), int(rng.integers(0, ph.shape[1] - 200))
@@ -224,12 +223,6 @@ def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0
         rel = f"{truth.labeled_dir}/train/{classes[int(rng.integers(0, 10))]}/photo_{j}.png"
         _save(root / rel, crop)
         truth.outliers.append(rel)
-        # two crops of one photograph that share most of their pixels are near-duplicates of each other too
-        for p0, y0, x0, rel0 in crops:
-            inter = max(0, 200 - abs(y - y0)) * max(0, 200 - abs(x - x0))
-            if p0 == j % len(photos) and inter / (2 * 200 * 200 - inter) >= 0.5:
-                truth.near_duplicates.append((rel, rel0))
-        crops.append((j % len(photos), y, x, rel))
 
     # corrupt files
     sample_png = (root / paths[int(train_idx[0])]).read_bytes()
