@@ -67,9 +67,18 @@ def test_the_whole_loop_through_the_front_door(tmp_path, photos):
 def test_the_wheel_installs_under_curate_only(tmp_path):
     """The built wheel holds curate/, curate/engine/, curate/indexes/, curate/app/ and no generic top-level name;
     installed on its own, `import curate` works and `import engine` does not."""
+    import shutil
+
+    # build from a copy: setuptools writes build/ next to pyproject.toml, and must not leave it in the checkout
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in ("curate", "engine", "indexes", "app"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip"]
     built = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"),
-                                  str(ROOT)], capture_output=True, text=True)
+                                  str(src)], capture_output=True, text=True)
     if built.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {built.stderr.strip().splitlines()[-1:]}")
     wheel = next((tmp_path / "w").glob("curate-*.whl"))
