@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -227,3 +228,48 @@ def test_folded_batchnorm_matches_the_original_network(effnet, sample_images):
         ref_probs = torch.softmax(reference(x), dim=-1)
     assert torch.allclose(effnet.encode_images(x), ref, atol=1e-5)
     assert torch.allclose(effnet.classify(x), ref_probs, atol=1e-5)
+
+
+def test_a_timm_backbone_with_local_weights_embeds_a_project(tmp_path, sample_images, image_folder):
+    """`timm:<model>@<file>`: the file's weights are the ones used (features equal the reference network's), a
+    checkpoint in the original DINOv2 release layout (with its mask token) loads, and the whole embed step runs."""
+    import timm
+
+    from curate.engine.catalog import init_project
+    from curate.engine.embed import embed_project, load_embeddings
+    from curate.engine.ingest import ingest
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    ckpt = tmp_path / "vit-tiny.pth"
+    torch.save(reference.state_dict(), ckpt)
+    enc = get_encoder(f"timm:vit_tiny_patch16_224@{ckpt}", device="cpu")
+    assert enc.name == f"timm:vit_tiny_patch16_224@{ckpt.resolve()}" and enc.dim == 192 and enc.family == "timm"
+    x = torch.stack([enc.transform(im) for im in sample_images])
+    reference.reset_classifier(0)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference.eval()(x), dim=-1)
+    assert torch.allclose(enc.encode_images(x), expected, atol=1e-5)
+
+    small = get_encoder(f"timm:vit_tiny_patch16_224:32@{ckpt}", device="cpu")  # position embeddings resampled
+    assert small.preprocessing.crop == 32 and small.encode_images(torch.randn(2, 3, 32, 32)).shape == (2, 192)
+
+    dino = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=56)
+    sd = dino.state_dict()
+    sd["mask_token"] = torch.zeros(1, sd["cls_token"].shape[-1])  # as in Meta's dinov2_vits14_pretrain.pth
+    torch.save(sd, tmp_path / "dinov2.pth")
+    assert get_encoder(f"timm:vit_small_patch14_dinov2:56@{tmp_path / 'dinov2.pth'}", device="cpu").dim == 384
+
+    with pytest.raises(CurateError, match="does not exist"):
+        get_encoder(f"timm:vit_tiny_patch16_224@{tmp_path / 'missing.pth'}", device="cpu")
+    with pytest.raises(CurateError, match="timm has no model"):
+        get_encoder("timm:no_such_network", device="cpu")
+    with pytest.raises(CurateError, match="do not fit"):
+        get_encoder(f"timm:vit_small_patch16_224@{ckpt}", device="cpu")  # weights of another architecture
+
+    cat = init_project(tmp_path / "p")
+    ingest(cat, image_folder)
+    name = embed_project(cat, encoder=f"timm:vit_tiny_patch16_224:32@{ckpt}", device="cpu")
+    es = load_embeddings(cat, name)
+    assert name.startswith("timm:vit_tiny_patch16_224:32@") and es.dim == 192
+    assert len(es) == cat.counts()["samples"] and np.allclose(np.linalg.norm(es.vectors, axis=1), 1, atol=1e-4)

@@ -4,8 +4,9 @@
 >>> enc = get_encoder("effnet-lite0", device="cpu")        # doctest: +SKIP
 >>> feats = enc.encode_images(batch)                        # [n, 1280], rows L2-normalised  # doctest: +SKIP
 
-Families (one file each): ``clip`` (open_clip, image + text, weights from the local cache or a checkpoint path)
-and ``effnet`` (EfficientNet-Lite0 / Lite2 with packaged ImageNet weights — Lite0 is the offline default).
+Families (one file each): ``clip`` (open_clip, image + text, weights from the local cache or a checkpoint path),
+``effnet`` (EfficientNet-Lite0 / Lite2 with packaged ImageNet weights — Lite0 is the offline default) and ``timm``
+(any timm backbone, e.g. DINOv2, with weights from the local cache or a file: :mod:`.backbone`).
 :data:`FAMILIES` is the one table of built-in names: each entry owns a name prefix (a name belongs to it when it
 is the prefix alone or ``<prefix>:...``) and says how such a name is canonicalised, loaded and listed, its default
 input size and a one-line description.  :func:`family_of` is the one lookup; :func:`canonical_name`,
@@ -27,6 +28,7 @@ import torch
 
 from curate.engine.catalog import CurateError
 from curate.engine.devices import resolve_device
+from curate.engine.encoders import backbone as _timm
 from curate.engine.encoders import clip as _clip
 from curate.engine.encoders import effnet as _effnet
 from curate.engine.encoders.base import Encoder, Preprocessing, amp_dtype
@@ -124,6 +126,15 @@ def _clip_listing() -> list[EncoderInfo]:
     return out
 
 
+def _timm_load(name: str, device: torch.device) -> Encoder:
+    return _timm.TimmEncoder(name, device=device)
+
+
+def _timm_listing() -> list[EncoderInfo]:
+    ok, reason = _timm.probe(_timm.DINOV2_SMALL)
+    return [EncoderInfo(_timm.DINOV2_SMALL, _timm.PREFIX, ok, False, reason)]
+
+
 FAMILIES: tuple[Family, ...] = (
     *(Family(prefix=v.name, family="effnet", description=v.description, input_size=v.image_size,
              supports_text=False, usage=v.name, canonical=_effnet.canonical, load=partial(_effnet_load, v.name),
@@ -134,6 +145,10 @@ FAMILIES: tuple[Family, ...] = (
            input_size=None, supports_text=True,
            usage=f"{_clip.PREFIX}:<model>/<tag> or {_clip.PREFIX}:<model>@<path>",
            canonical=_clip_canonical, load=_clip_load, listing=_clip_listing),
+    Family(prefix=_timm.PREFIX, family=_timm.PREFIX,
+           description="any timm backbone (DINOv2, ...); weights from the local Hugging Face cache or a file",
+           input_size=None, supports_text=False, usage=_timm.USAGE,
+           canonical=_timm.canonical, load=_timm_load, listing=_timm_listing),
 )
 """The built-in encoder families, in the order ``curate encoders`` lists them."""
 
