@@ -15,7 +15,8 @@ Needs ``../shared/data/cifar10n`` (human labels; images fetched by its ``get_cif
 3. **near-duplicates / leakage** (``curate audit duplicates``: the real run over the files) with and without the
    pixel check: recall per transformation, and what else is flagged (pairs that are not planted; the most similar
    are written to a PNG contact sheet for inspection — CIFAR-10 has real near-duplicates of its own);
-4. **clusters** vs the true classes: ACC / NMI / ARI with k from the labels (10), with the silhouette choice, and
+4. **clusters** vs the true classes: ACC / NMI / ARI with k from the labels (10), with the automatic choice
+   without labels (kNN-graph modularity; the earlier silhouette rule beside it), and
    scikit-learn ``KMeans(10)`` as the baseline; plus the linear-probe accuracy of the vectors on clean labels.
 
 Writes ``bench/results/real_data.json`` (merged per N) and prints tables.
@@ -321,11 +322,14 @@ def bench_size(n: int, per_transform: int, work: Path, datalab_max: int, encoder
     p = np.array([lab[int(ids[r])] for r in rows])
     res["clusters"]["ours, k from labels"] = {**cluster_scores(clean, p), "seconds": round(time.perf_counter() - t, 1)}
     t = time.perf_counter()
-    clusters.run(cat, encoder=encoder, name_clusters=False, map_method="pca", k_from_labels=False)
-    lab = dict(cat.query("SELECT sample_id, cluster FROM clusters"))
-    p = np.array([lab[int(ids[r])] for r in rows])
-    res["clusters"]["ours, silhouette k (no labels)"] = {**cluster_scores(clean, p),
-                                                         "seconds": round(time.perf_counter() - t, 1)}
+    for crit, key in (("modularity", "ours, automatic k (no labels: kNN-graph modularity)"),
+                      ("silhouette", "before: silhouette k (no labels)")):
+        t = time.perf_counter()
+        clusters.run(cat, encoder=encoder, name_clusters=False, map_method="pca", k_from_labels=False,
+                     k_criterion=crit)
+        lab = dict(cat.query("SELECT sample_id, cluster FROM clusters"))
+        p = np.array([lab[int(ids[r])] for r in rows])
+        res["clusters"][key] = {**cluster_scores(clean, p), "seconds": round(time.perf_counter() - t, 1)}
     t = time.perf_counter()
     p = KMeans(10, n_init=3, random_state=0).fit_predict(V[rows])
     res["clusters"]["sklearn KMeans(10)"] = {**cluster_scores(clean, p), "seconds": round(time.perf_counter() - t, 1)}

@@ -371,7 +371,7 @@ def audit_all(
     project: Path = ProjectOpt,
     encoder: str = typer.Option("auto", help="Encoder for the embeddings (auto picks CLIP when its weights are local)."),
     k: int = typer.Option(10, help="Neighbours per sample in the shared kNN graph."),
-    cluster_k: Optional[int] = typer.Option(None, "--cluster-k", help="Number of clusters (default: chosen by a silhouette sweep)."),
+    cluster_k: Optional[int] = typer.Option(None, "--cluster-k", help="Number of clusters (default: the number of labelled classes, or chosen by kNN-graph modularity without labels)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first failing step instead of reporting it and going on."),
     out_of_core: Optional[bool] = OocOpt,
     quiet: bool = QuietOpt,
@@ -581,10 +581,10 @@ def audit_quality(
 @app.command()
 def cluster(
     project: Path = ProjectOpt,
-    k: Optional[int] = typer.Option(None, "--k", help="Number of k-means clusters (default: the number of labelled classes, or chosen by silhouette without labels)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of k-means clusters (default: the number of labelled classes, or chosen by kNN-graph modularity without labels)."),
     method: str = typer.Option("kmeans", help="kmeans | hdbscan (density clusters with a noise label -1)."),
     encoder: Optional[str] = typer.Option(None, help="Embedding set to cluster (default: the most recent)."),
-    seed: int = typer.Option(0, help="Random seed (k-means, silhouette sample, UMAP)."),
+    seed: int = typer.Option(0, help="Random seed (k-means, the k sweep's sample, UMAP)."),
     names: bool = typer.Option(True, "--names/--no-names", help="Suggest a name per cluster with the encoder."),
     out_of_core: Optional[bool] = OocOpt,
     quiet: bool = QuietOpt,

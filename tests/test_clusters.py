@@ -61,8 +61,32 @@ def test_choose_k_recovers_planted_k(k_true):
     X, _ = planted_blobs(k=k_true, n_per=40, noise=0.1, seed=k_true)
     sel = choose_k(X, seed=0)
     assert sel.k == k_true
-    assert sel.criterion == "silhouette" and len(sel.scores) == len(sel.k_values)
+    assert sel.criterion == "modularity" and len(sel.scores) == len(sel.k_values)
+    sil = choose_k(X, seed=0, criterion="silhouette")
+    assert sil.k == k_true and sil.criterion == "silhouette"
     assert cluster_embeddings(X, seed=0).k == k_true
+
+
+def test_modularity_keeps_overlapping_groups_apart_where_the_silhouette_merges_them():
+    """10 groups in 2 families (real embeddings look like this: classes overlap within a family).  The silhouette
+    prefers the 2 families; the kNN-graph modularity finds the 10 groups."""
+    rng = np.random.default_rng(0)
+    d = 32
+    families = rng.normal(size=(2, d))
+    families /= np.linalg.norm(families, axis=1, keepdims=True)
+    X, y = [], []
+    for s in range(2):
+        for j in range(5):
+            centre = families[s] + 0.3 * rng.normal(size=d) / np.sqrt(d)
+            X.append(centre + 0.1 * rng.normal(size=(60, d)) / np.sqrt(d))
+            y += [s * 5 + j] * 60
+    X = np.concatenate(X).astype(np.float32)
+    assert choose_k(X, seed=0, criterion="silhouette").k == 2
+    sel = choose_k(X, seed=0)
+    assert sel.k == 10
+    assert hungarian_accuracy(np.array(y), cluster_embeddings(X, seed=0).labels) >= 0.95
+    with pytest.raises(ValueError, match="criterion"):
+        choose_k(X, criterion="gap")
 
 
 def test_same_seed_same_result_and_seed_matters():
@@ -204,7 +228,7 @@ def test_catalog_run_writes_clusters_and_summaries(tmp_path, project):
     assert run["id"] == res.run_id and run["summary"]["k_chosen_by"] == "labelled classes"
     assert run["summary"]["weighted_purity"] == 1.0
     res_sil = clusters.run(project, encoder=enc, name_clusters=False, k_from_labels=False)
-    assert res_sil.k == 3 and project.last_run("clusters")["summary"]["k_chosen_by"] == "silhouette"
+    assert res_sil.k == 3 and project.last_run("clusters")["summary"]["k_chosen_by"] == "modularity"
 
     # a rerun (HDBSCAN, given nothing else) replaces both tables atomically
     res2 = clusters.run(project, encoder=enc, method="hdbscan", name_clusters=False, min_cluster_size=5)

@@ -442,7 +442,7 @@ def _probcover(X, labeled, picker: _Picker, rng, config: StrategyConfig, graph=N
     if tau is None:
         n_classes = config.probcover_n_classes or (probs.shape[1] if probs is not None else None)
         if n_classes is None:  # no classes known yet: the silhouette choice of k stands in for the class count
-            n_classes = choose_k(X, seed=seed, sample_size=1000, nredo=1).k if n >= 3 else 1
+            n_classes = choose_k(X, seed=seed, sample_size=1000, nredo=1, criterion="silhouette").k if n >= 3 else 1
         pseudo = kmeans(X, max(1, min(int(n_classes), n)), seed=seed, nredo=1).labels
         if big:  # s_i from the kNN graph: the most similar neighbour with another pseudo-label (-inf if none)
             idx, sim = graph

@@ -12,10 +12,11 @@ and the refinement over the kNN graph need every vector and run in memory only.
 Methods
 -------
 * ``kmeans`` (default): FAISS k-means (GPU when the faiss build has GPUs), seeded, several restarts.  With
-  ``k=None`` the number of clusters is chosen by :func:`choose_k`: k-means is fitted for every candidate k and the k
-  with the highest **silhouette** score, measured on one fixed seeded sample of at most ``sample_size`` points
-  (same points for every k, so the scores are comparable), wins.  Silhouette rewards compact, well-separated
-  clusters; it is the standard internal criterion when no labels are known.
+  ``k=None`` and no labels the number of clusters is chosen by :func:`choose_k`: k-means is fitted for every
+  candidate k and the k whose clusters have the highest **modularity** over the kNN graph wins (how much more
+  neighbour-edge weight stays inside the clusters than random wiring would keep).  The silhouette, the textbook
+  criterion, rewards compact, well-separated blobs and collapses to k = 2-3 on real photo embeddings, whose groups
+  overlap; it stays available (``criterion="silhouette"``).
 * ``hdbscan``: density clusters (``sklearn.cluster.HDBSCAN``) with a noise label ``-1``.  High-dimensional vectors
   are first reduced with PCA (``reduce_dims``, default 50) because density estimates degrade in high dimension and
   HDBSCAN's cost grows with the dimension.
@@ -62,8 +63,8 @@ class KSelection:
     ----------
     k : the chosen number of clusters.
     k_values : candidates that were tried.
-    scores : silhouette score per candidate (higher is better), aligned with ``k_values``.
-    criterion : name of the criterion (``"silhouette"``).
+    scores : the criterion's score per candidate (higher is better), aligned with ``k_values``.
+    criterion : name of the criterion (``"modularity"`` or ``"silhouette"``).
     sample_size : number of points the criterion was measured on.
     """
 
@@ -340,8 +341,18 @@ def choose_k(
     spherical: bool = False,
     gpu: bool | str = "auto",
     progress: Any = None,
+    criterion: str = "modularity",
+    graph_k: int = 10,
 ) -> KSelection:
-    """Choose the number of k-means clusters by the silhouette score on a fixed seeded sample.
+    """Choose the number of k-means clusters: the k whose clusters best follow the kNN graph (modularity), or the
+    silhouette score on a fixed seeded sample.
+
+    ``criterion="modularity"`` (default): the modularity of each candidate's k-means labels over the symmetrised,
+    similarity-weighted kNN graph (``graph_k`` neighbours, cosine) of the sweep's points — the fraction of edge
+    weight inside clusters minus what random wiring with the same degrees would put there.  Real embeddings form
+    overlapping groups whose silhouette is highest at k = 2-3 whatever the number of classes, while the neighbour
+    structure keeps rewarding a split until it cuts through a group (measurements: docs/analyses.md, "Clusters and
+    the 2-D map").  ``criterion="silhouette"``: the earlier rule, below.
 
     The sweep works on a seeded subsample of at most ``fit_sample`` points, projected by PCA to ``reduce_dims``
     dimensions when ``X`` is wider (the sweep fits dozens of k-means models; the projection keeps the dominant
@@ -368,6 +379,8 @@ def choose_k(
     """
     from sklearn.metrics import pairwise_distances, silhouette_score
 
+    if criterion not in ("modularity", "silhouette"):
+        raise ValueError(f"criterion must be 'modularity' or 'silhouette', got {criterion!r}")
     X = _as_float32(X)
     n = len(X)
     if n < 3:
@@ -383,11 +396,18 @@ def choose_k(
 
         Z = np.ascontiguousarray(PCA(n_components=int(reduce_dims), random_state=seed).fit_transform(Z), np.float32)
     ks = [k for k in ks if k < len(Z)]
-    sil = np.sort(rng.choice(len(Z), size=min(len(Z), sample_size), replace=False))
-    D = pairwise_distances(Z[sil], metric="euclidean", n_jobs=1)
-    scores: list[float] = []
     from curate.engine.progress import track
 
+    scores: list[float] = []
+    if criterion == "modularity":
+        W = _knn_adjacency(X[fit_idx], graph_k)
+        for k in track(ks, "modularity sweep over k", progress=progress):
+            res = kmeans(Z, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical, gpu=gpu)
+            scores.append(graph_modularity(W, res.labels))
+        best = int(np.argmax(scores))  # first maximum = smallest k among ties
+        return KSelection(k=ks[best], k_values=ks, scores=scores, criterion="modularity", sample_size=len(Z))
+    sil = np.sort(rng.choice(len(Z), size=min(len(Z), sample_size), replace=False))
+    D = pairwise_distances(Z[sil], metric="euclidean", n_jobs=1)
     for k in track(ks, "silhouette sweep over k", progress=progress):
         res = kmeans(Z, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical, gpu=gpu)
         sub = res.labels[sil]
@@ -397,6 +417,36 @@ def choose_k(
         scores.append(float(silhouette_score(D, sub, metric="precomputed")))
     best = int(np.argmax(scores))  # first maximum = smallest k among ties
     return KSelection(k=ks[best], k_values=ks, scores=scores, criterion="silhouette", sample_size=len(sil))
+
+
+def _knn_adjacency(X: np.ndarray, k: int) -> Any:
+    """Symmetrised, similarity-weighted (negative cosines clipped to 0) kNN graph of the rows of ``X``, as a sparse
+    matrix."""
+    import scipy.sparse as sp
+
+    from curate.indexes.knn import knn_graph
+
+    n = len(X)
+    g = knn_graph(X, k=int(min(k, max(1, n - 1))))
+    gi, gs = np.asarray(g.indices, np.int64), np.asarray(g.similarities, np.float64)
+    rows = np.repeat(np.arange(n), gi.shape[1])
+    ok = gi.ravel() >= 0
+    A = sp.csr_matrix((np.clip(gs.ravel()[ok], 0.0, None), (rows[ok], gi.ravel()[ok])), shape=(n, n))
+    return (A + A.T) * 0.5
+
+
+def graph_modularity(W: Any, labels: np.ndarray) -> float:
+    """Newman's modularity of a partition of a weighted undirected graph (sparse symmetric ``W``):
+    ``sum_c [ w_in(c) / w - (deg(c) / w)^2 ]`` with ``w`` the total degree."""
+    labels = np.asarray(labels, np.int64)
+    C = W.tocoo()
+    deg = np.asarray(W.sum(axis=1)).ravel()
+    total = float(deg.sum())
+    if total <= 0:
+        return 0.0
+    inside = float(C.data[labels[C.row] == labels[C.col]].sum())
+    dk = np.bincount(labels, weights=deg, minlength=int(labels.max()) + 1)
+    return inside / total - float(np.sum((dk / total) ** 2))
 
 
 # ------------------------------------------------------------------------------------------------ HDBSCAN
@@ -453,6 +503,7 @@ def cluster_embeddings(
     spherical: bool = False,
     gpu: bool | str = "auto",
     progress: Any = None,
+    k_criterion: str = "modularity",
 ) -> ClusterResult:
     """Cluster ``X`` with k-means (k given, or chosen by :func:`choose_k`) or HDBSCAN.
 
@@ -466,7 +517,8 @@ def cluster_embeddings(
     min_cluster_size : HDBSCAN's smallest cluster.
     spherical : cosine k-means (normalised centroids).
     gpu : FAISS GPU use (``"auto"``, True, False).
-    progress : an :data:`engine.progress.Progress` callback (the silhouette sweep).
+    progress : an :data:`engine.progress.Progress` callback (the k sweep).
+    k_criterion : how :func:`choose_k` picks k when it is not given (``modularity`` or ``silhouette``).
 
     Returns
     -------
@@ -492,7 +544,8 @@ def cluster_embeddings(
         if n < 3:
             k = 1
         else:
-            selection = choose_k(X, k_values=k_values, seed=seed, spherical=spherical, gpu=gpu, progress=progress)
+            selection = choose_k(X, k_values=k_values, seed=seed, spherical=spherical, gpu=gpu, progress=progress,
+                                 criterion=k_criterion)
             k = selection.k
     res = kmeans(X, int(k), seed=seed, spherical=spherical, gpu=gpu)
     res.k_selection = selection
@@ -900,10 +953,13 @@ class ClustersConfig(Config):
     map_method: str = "auto"
     sample_size: int = 200_000
     k_from_labels: bool = True
+    k_criterion: str = "modularity"
     refine_rounds: int = DEFAULT_REFINE_ROUNDS
     block_rows: int = 65_536
 
     def validate(self) -> None:
+        if self.k_criterion not in ("modularity", "silhouette"):
+            raise CurateError(f"unknown k criterion {self.k_criterion!r}; use modularity or silhouette")
         if self.method not in METHODS:
             raise CurateError(f"unknown clustering method {self.method!r}; use --method kmeans or --method hdbscan")
         if self.k is not None and int(self.k) < 1:
@@ -979,7 +1035,7 @@ def compute(inputs: Any, config: ClustersConfig, encoder_model: Any = None) -> R
     label = f"{method} clustering" if emb.in_memory else "k-means on a sample, rows assigned shard by shard"
     with step(progress, label):
         result = cluster_embeddings(X_fit, k=k, method=method, seed=seed, min_cluster_size=config.min_cluster_size,
-                                    progress=progress)
+                                    progress=progress, k_criterion=config.k_criterion)
         if not whole:
             result = assign_all_rows(emb, result, config.block_rows,
                                      on_block=sample_map.add if sample_map is not None else None)
@@ -1119,6 +1175,7 @@ def run(
     progress: Any = None,
     k_from_labels: bool = True,
     refine_rounds: int = DEFAULT_REFINE_ROUNDS,
+    k_criterion: str = "modularity",
 ) -> ClusterRun:
     """Cluster the project's embeddings and write ``clusters`` + ``cluster_summaries`` in one transaction.
 
@@ -1138,11 +1195,11 @@ def run(
         of k) runs on a seeded sample of ``sample_size`` rows and every row is then assigned to its nearest centroid
         shard by shard (:func:`assign_all_rows`); the 2-D map is a PCA fitted on the same sample and applied block by
         block (UMAP's ``transform`` is too slow for 10^7 rows); only k-means.
-    progress : an :data:`engine.progress.Progress` callback (silhouette sweep, k-means, naming, 2-D map).
+    progress : an :data:`engine.progress.Progress` callback (k sweep, k-means, naming, 2-D map).
     k_from_labels : with ``k=None`` and k-means, use the number of labelled classes among the embedded samples as k
-        when there are at least 2 (the prior a labelled dataset gives); the silhouette choice only without labels.
-        On real photos the silhouette criterion collapses to k = 2 (CIFAR-10 through EfficientNet-Lite0: 2 of 10
-        classes), because photo embeddings form no well-separated blobs; ``bench/real_data.py`` measures both.
+        when there are at least 2 (the prior a labelled dataset gives); :func:`choose_k` only without labels
+        (``bench/real_data.py`` measures both).
+    k_criterion : how k is chosen without labels (:func:`choose_k`): ``modularity`` or ``silhouette``.
     refine_rounds : rounds of :func:`refine_clusters` over the shared kNN graph after k-means (in memory only;
         0 = plain k-means).
 
@@ -1156,7 +1213,7 @@ def run(
     config = ClustersConfig(k=k, method=method, seed=seed, name_clusters=name_clusters,
                             n_representatives=n_representatives, n_atypical=n_atypical,
                             min_cluster_size=min_cluster_size, map_method=map_method, sample_size=sample_size,
-                            k_from_labels=k_from_labels, refine_rounds=refine_rounds)
+                            k_from_labels=k_from_labels, refine_rounds=refine_rounds, k_criterion=k_criterion)
     inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, progress=progress)
     if inputs.encoder is not None and inputs.n > 0:  # the catalog's counts: refuse before a run is recorded
         _check(config, inputs.n, not inputs.out_of_core, inputs.encoder)
