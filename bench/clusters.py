@@ -6,12 +6,13 @@ Scores, per dataset and method (k-means methods averaged over seeds):
 * ``ACC`` — clustering accuracy: the best one-to-one matching of clusters to classes (Hungarian, scipy
   ``linear_sum_assignment``); clusters beyond the number of classes (and HDBSCAN's noise) count as errors;
 * ``NMI`` and ``ARI`` (scikit-learn), which do not need a matching and do not punish a finer clustering as hard;
-* ``k`` found and seconds (auto-k includes the silhouette sweep).
+* ``k`` found and seconds (auto-k includes the sweep over k).
 
 Methods:
 
 * ``ours k=true``   — :func:`engine.analyses.clusters.cluster_embeddings` with the true number of classes;
-* ``ours auto-k``   — the same with ``k=None`` (silhouette sweep, :func:`choose_k`);
+* ``ours auto-k``   — the same with ``k=None`` (:func:`choose_k`: kNN-graph modularity over a sweep of k);
+* ``ours auto-k, silhouette (before)`` — the earlier rule, ``k_criterion="silhouette"``;
 * ``ours hdbscan``  — ``method="hdbscan"`` with its defaults;
 * ``sklearn KMeans`` — ``sklearn.cluster.KMeans(k, n_init=3)`` (k-means++; same restarts as ours);
 * ``faiss Kmeans (random init)`` — ``faiss.Kmeans(d, k, niter=25, nredo=3)``: FAISS's own default initialisation,
@@ -30,7 +31,7 @@ Usage::
     python bench/clusters.py --quick         # synthetic + digits, one seed (~1 min)
     python bench/clusters.py --workdir /tmp/curate-bench   # keep/reuse the embedded demo project
 
-Writes bench/results/clusters.json (``--quick``: clusters_quick.json), prints a table and a README markdown table.
+Writes bench/results/clusters.json (``--quick``: clusters_quick.json), prints a table and a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def methods(k_true: int):
     def ours_auto(X, seed):
         return cluster_embeddings(X, k=None, seed=seed).labels
 
+    def ours_auto_silhouette(X, seed):
+        return cluster_embeddings(X, k=None, seed=seed, k_criterion="silhouette").labels
+
     def ours_hdbscan(X, seed):
         return cluster_embeddings(X, method="hdbscan", seed=seed).labels
 
@@ -171,7 +175,8 @@ def methods(k_true: int):
         km.train(X)
         return km.index.search(X, 1)[1][:, 0]
 
-    return [("ours k=true", ours_k, True), ("ours auto-k", ours_auto, True), ("ours hdbscan", ours_hdbscan, False),
+    return [("ours k=true", ours_k, True), ("ours auto-k", ours_auto, True),
+            ("ours auto-k, silhouette (before)", ours_auto_silhouette, True), ("ours hdbscan", ours_hdbscan, False),
             ("sklearn KMeans", sk, True), ("faiss Kmeans (random init)", faiss_random, True)]
 
 
