@@ -681,14 +681,15 @@ class Catalog:
         ``boxed_samples`` by ``boxes`` rows (sample_id, box_index, category, x, y, w, h, attributes JSON); upsert
         ``sources`` rows (sample_id, format, source, source_id, record JSON).  Reruns give the same rows."""
         if metadata:
-            con.executemany("INSERT OR REPLACE INTO sample_metadata VALUES (?, ?, ?)", [list(r) for r in metadata])
+            _insert_rows(con, "sample_metadata", ("sample_id", "key", "value"), metadata, ("sample_id", "key"))
         if boxed_samples:
             con.execute("DELETE FROM boxes WHERE sample_id IN (SELECT unnest(?::BIGINT[]))",
                         [[int(s) for s in boxed_samples]])
         if boxes:
-            con.executemany("INSERT INTO boxes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [list(r) for r in boxes])
+            _insert_rows(con, "boxes", ("sample_id", "box_index", "category", "x", "y", "w", "h", "attributes"), boxes)
         if sources:
-            con.executemany("INSERT OR REPLACE INTO sample_sources VALUES (?, ?, ?, ?, ?)", [list(r) for r in sources])
+            _insert_rows(con, "sample_sources", ("sample_id", "format", "source", "source_id", "record"), sources,
+                         ("sample_id",))
 
     def set_import_info(self, source: str, fmt: str, info: dict, con=None) -> None:
         """Remember what an imported dataset looked like (COCO categories, YOLO names, HF features...), so an
@@ -1117,6 +1118,24 @@ class Catalog:
         args = [float(threshold) - 1e-6]  # the tolerance of duplicates.semdedup_curve (float32 similarities)
         rows = con.execute(sql, args).fetchall() if con is not None else self.query(sql, args)
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def _insert_rows(con, table: str, columns: Sequence[str], rows: Sequence[Sequence], replace_on: Sequence[str] = ()) -> None:
+    """One set-based INSERT of ``rows`` (tuples in ``columns`` order) into ``table`` — not one statement per row,
+    which is what makes 10^6 boxes slow.  With ``replace_on`` (the table's key) it is an upsert, and of several rows
+    with one key the last wins (as row-by-row upserts would leave it)."""
+    df = pd.DataFrame([list(r) for r in rows], columns=list(columns))
+    for c in df.columns:
+        if df[c].dtype == object and df[c].isna().all():
+            df[c] = df[c].astype("string")  # all-NULL column: give DuckDB a type to cast from
+    if replace_on:
+        df = df.drop_duplicates(list(replace_on), keep="last")
+    cols = ", ".join(columns)
+    con.register("_rows_in", df)
+    try:
+        con.execute(f"INSERT {'OR REPLACE ' if replace_on else ''}INTO {table} ({cols}) SELECT {cols} FROM _rows_in")
+    finally:
+        con.unregister("_rows_in")
 
 
 def _json_default(o: Any) -> Any:
