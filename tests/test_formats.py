@@ -564,3 +564,20 @@ def test_ui_label_issues_filter_by_metadata(tmp_path, project, monkeypatch):
     at.multiselect(key="li-meta-values").select("A").run()
     assert not at.exception, [e.value for e in at.exception]
     assert shown() == {ids["img0.png"], ids["img2.png"]}
+
+
+def test_detecting_then_ingesting_a_coco_file_parses_it_once(tmp_path, project, monkeypatch):
+    """Auto-detection reads the JSON to recognise the format; the reader reuses that parse (a COCO file can be
+    gigabytes)."""
+    from curate.engine.formats import base
+
+    path = write_coco(tmp_path)
+    calls = []
+    real = base.json.loads
+    monkeypatch.setattr(base.json, "loads", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep = ingest(project, path)
+    assert rep.kind == "coco" and rep.added > 0 and len(calls) == 1
+    calls.clear()
+    path.write_text(path.read_text().replace('"images"', '"images" ', 1))  # changed file: parsed again
+    ingest(project, path)
+    assert len(calls) == 1  # parsed afresh once (a stale parse would be 0 calls: the key has mtime and size)

@@ -182,8 +182,30 @@ def display_path(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- reading and writing
+_PARSED: dict[tuple, object] = {}  # at most one file: what format detection parsed, for the reader that follows
+
+
+def _json_key(path: Path) -> tuple:
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_mtime_ns, st.st_size
+
+
+def peek_json(path: Path) -> object:
+    """Parse a JSON file for format detection and keep the result for :func:`read_json`, so that detecting and then
+    reading a large COCO / FiftyOne file parses it once.  Raises what ``json.loads`` / ``open`` raise."""
+    key = _json_key(path)
+    if key not in _PARSED:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        _PARSED.clear()
+        _PARSED[key] = data
+    return _PARSED[key]
+
+
 def read_json(path: Path, what: str) -> object:
     try:
+        cached = _PARSED.pop(_json_key(path), None) if _PARSED else None
+        if cached is not None:
+            return cached
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise CurateError(f"cannot read {what} {path}: not UTF-8 text; save it as UTF-8 JSON") from exc

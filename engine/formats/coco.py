@@ -25,6 +25,7 @@ from curate.engine.formats.base import (
     Candidate,
     Parsed,
     image_label,
+    peek_json,
     read_json,
     scalar_metadata,
 )
@@ -39,7 +40,7 @@ def looks_like_coco(path: Path) -> bool:
             with open(path, "rb") as fh:  # cheap check before parsing a possibly large file
                 if fh.read(1 << 16).lstrip()[:1] != b"{":
                     return False
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = peek_json(path)
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories"))

@@ -26,6 +26,7 @@ from curate.engine.formats.base import (
     Parsed,
     discover_imagefolder,
     is_image,
+    peek_json,
     read_json,
     scalar_metadata,
     walk_files,
@@ -38,9 +39,7 @@ def _is_labels_json(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
-        import json
-
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = peek_json(path)
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and "labels" in data and "classes" in data
