@@ -109,6 +109,9 @@ class Project:
     def query(self, strategy: str = "typiclust", budget: int = 100, **options: Any) -> pd.DataFrame:
         """Select the next ``budget`` samples to annotate; returns the batch (rank, sample_id, score, reason, ...)."""
         res = self.run("query", strategy=strategy, budget=budget, **options)
+        error = getattr(res, "export_error", None)
+        if error is not None:  # the batch is recorded; its files could not be written (as `curate query` says)
+            raise error
         return res.detail.table if res.detail is not None else pd.DataFrame()
 
     # ------------------------------------------------------------------------------------------------ decisions

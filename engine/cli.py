@@ -511,7 +511,7 @@ def audit_duplicates(
     with shown("duplicates", progress_enabled(quiet)) as progress:
         res = registry.run(cat, "duplicates", encoder=encoder, out_of_core=out_of_core, graph_k=k, progress=progress,
                            threshold=threshold, k=k, seed=seed, semdedup=semdedup,
-                           hash_distance=None if hash_distance < 0 else hash_distance, pixel_check=pixel_check)
+                           hash_distance=hash_distance, pixel_check=pixel_check)  # -1: off (the config's rule)
     _print_lines(res)
     s = res.summary
     top = duplicates.largest_sets(cat, limit=10)

@@ -377,12 +377,9 @@ def _write_chunk(cat: Catalog, chunk: list[Candidate], infos: list[FileInfo], ex
             con.register("_lab", ldf)
             # append a label only when it differs from the sample's latest label (idempotent reruns)
             rows = con.execute(
-                """WITH latest AS (
-                       SELECT sample_id, class_name FROM labels
-                       QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY id DESC) = 1)
-                   SELECT s.id, l.class_name FROM _lab l JOIN samples s ON s.path = l.path
-                   LEFT JOIN latest t ON t.sample_id = s.id
-                   WHERE t.class_name IS DISTINCT FROM l.class_name"""
+                """SELECT s.id, l.class_name FROM _lab l JOIN samples s ON s.path = l.path
+                   LEFT JOIN given_labels t ON t.sample_id = s.id
+                   WHERE t.label IS DISTINCT FROM l.class_name"""
             ).fetchall()
             con.unregister("_lab")
             cat.add_labels(rows, source=report.kind, con=con)

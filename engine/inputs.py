@@ -112,7 +112,7 @@ class Inputs:
     dim: int = 0
     k: int = 10
     progress: Any = None
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # "emb" -> Embeddings; ("graph", k) -> graph
 
     @classmethod
     def open(cls, cat: Catalog, encoder: str | None = None, out_of_core: bool | None = None, k: int = 10,
@@ -172,6 +172,12 @@ class Inputs:
         """
         k = int(self.k if k is None else k)
         key = ("graph", k)
+        if key not in self._cache:
+            # a graph of more neighbours already in hand holds this one (what the on-disk cache also does)
+            wider = [key2[1] for key2 in self._cache if isinstance(key2, tuple) and key2[0] == "graph"
+                     and key2[1] > k and hasattr(self._cache[key2], "truncate")]
+            if wider:
+                self._cache[key] = self._cache[("graph", min(wider))].truncate(k)
         if key not in self._cache:
             name = self._need_encoder()
             from curate.engine.progress import step

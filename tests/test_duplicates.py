@@ -326,6 +326,14 @@ def test_run_round_trip_with_real_embeddings(tmp_path):
     ranks = cat.query_df("SELECT rank, score FROM outliers ORDER BY rank")
     assert out["n"] == 10 and ranks["rank"].tolist() == list(range(1, 11))
     assert ranks["score"].is_monotonic_increasing
+    # `curate audit duplicates --hash-distance -1` turns the perceptual hashes off (it once fell back to 2 bits)
+    from typer.testing import CliRunner
+
+    from curate.engine.cli import app
+
+    res = CliRunner().invoke(app, ["audit", "duplicates", "-p", str(cat.root), "--hash-distance", "-1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "pHash distance off" in res.output and cat.last_run("duplicates")["summary"]["hash_distance"] is None
 
 
 # --------------------------------------------------------------------------------------- pixel check

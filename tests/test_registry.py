@@ -306,3 +306,14 @@ def test_one_design_in_the_source():
     assert calls == ["engine/inputs.py"], calls
     assert not (root / "engine" / "analyses" / "scale.py").exists()
     assert _cycles(_module_imports(root)) == []
+
+
+def test_inputs_serve_a_smaller_graph_from_a_wider_one(embedded):
+    inputs = Inputs.open(embedded)
+    wide = inputs.graph(8)
+    narrow = inputs.graph(5)
+    assert narrow.k == 5 and inputs.graph(5) is narrow
+    np.testing.assert_array_equal(np.asarray(narrow.indices), np.asarray(wide.indices)[:, :5])
+    np.testing.assert_allclose(np.asarray(narrow.similarities), np.asarray(wide.similarities)[:, :5])
+    fresh = Inputs.open(embedded).graph(5)  # built on its own: the same neighbours (exact search at this size)
+    np.testing.assert_array_equal(np.asarray(fresh.indices), np.asarray(narrow.indices))

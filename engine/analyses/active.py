@@ -889,9 +889,9 @@ def compute(inputs: Any, config: QueryConfig) -> Result:
     X = emb.sample(len(emb))[1] if pool_info is None else emb.take(rows)
     near_dup = config.near_duplicate_similarity
     if near_dup is None:
-        from curate.engine.analyses.duplicates import DEFAULT_THRESHOLD, ENCODER_THRESHOLDS
+        from curate.engine.analyses.duplicates import default_threshold
 
-        near_dup = ENCODER_THRESHOLDS.get(emb.encoder, DEFAULT_THRESHOLD)
+        near_dup = default_threshold(emb.encoder)
     groups = _groups(cat, config.balance_by, ids)
     strategy_config = config.strategy_config()
 

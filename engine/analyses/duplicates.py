@@ -1077,12 +1077,9 @@ def semdedup_curve(embeddings: np.ndarray, thresholds: Sequence[float] = DEFAULT
     if device == "auto":  # a GPU pays off only on large inputs; small ones skip importing torch at all
         device = "cpu"
         if n >= 50_000:
-            try:
-                import torch
+            from curate.engine.devices import cuda_available
 
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            except ImportError:
-                pass
+            device = "cuda" if cuda_available() else "cpu"
     k = int(n_partitions or max(1, math.ceil(n / max(1, points_per_partition))))
     k = max(1, min(k, n))
     if k == 1:
