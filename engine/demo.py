@@ -30,7 +30,8 @@ from PIL import Image, ImageFilter
 from curate.engine.catalog import Catalog, CurateError
 
 SIZE = 64
-DEMO_VERSION = 2
+RECROP_SHARED_PIXELS = 0.5  # two outlier crops sharing at least this much of their pixels are near-duplicates
+DEMO_VERSION = 3  # 3: overlapping outlier crops recorded as near-duplicates, crop boxes recorded
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DemoTruth:
     leakage: list[tuple[str, str]] = field(default_factory=list)  # near/exact pairs that cross splits
     corrupt: list[str] = field(default_factory=list)
     outliers: list[str] = field(default_factory=list)
+    outlier_crops: dict[str, list[int]] = field(default_factory=dict)  # outlier -> [photo, y, x, size] of its crop
     dark: list[str] = field(default_factory=list)
     blurry: list[str] = field(default_factory=list)
     unlabeled: list[str] = field(default_factory=list)
@@ -106,6 +108,11 @@ def _near_copy(img: Image.Image, how: str, rng: np.random.Generator) -> tuple[Im
         arr = np.asarray(img).astype(np.float32) * float(rng.uniform(0.9, 1.1))
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), ".png"
     raise ValueError(how)
+
+
+def shared_pixels(a: tuple[int, int], b: tuple[int, int], size: int) -> float:
+    """Fraction of a ``size`` x ``size`` crop at ``a`` = (y, x) that the same-size crop at ``b`` also covers."""
+    return max(0, size - abs(a[0] - b[0])) * max(0, size - abs(a[1] - b[1])) / size ** 2
 
 
 def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0.08, near_dup_rate: float = 0.03,
@@ -223,6 +230,13 @@ def build_demo_dataset(out_dir: str | Path, seed: int = 0, noise_rate: float = 0
         rel = f"{truth.labeled_dir}/train/{classes[int(rng.integers(0, 10))]}/photo_{j}.png"
         _save(root / rel, crop)
         truth.outliers.append(rel)
+        # two crops of one photo that share most of their pixels are a re-crop of one picture: a real
+        # near-duplicate pair, recorded as such (the random boxes are not planted to overlap, but may)
+        for other in truth.outliers[:-1]:
+            pi, yi, xi, _ = truth.outlier_crops[other]
+            if pi == j % len(photos) and shared_pixels((y, x), (yi, xi), 200) >= RECROP_SHARED_PIXELS:
+                truth.near_duplicates.append((rel, other))
+        truth.outlier_crops[rel] = [j % len(photos), y, x, 200]
 
     # corrupt files
     sample_png = (root / paths[int(train_idx[0])]).read_bytes()

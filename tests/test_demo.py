@@ -70,3 +70,32 @@ def test_catalog_holds_the_results_and_rerun_is_idempotent(demo_run):
     rep = ingest(cat, truth.root / truth.labeled_dir, kind="imagefolder")
     assert rep.as_dict()["added"] == 0 and rep.as_dict()["labels_added"] == 0 and rep.as_dict()["changed"] == 0
     assert cat.counts() == before
+
+
+def test_overlapping_outlier_crops_are_recorded_as_near_duplicates(tmp_path):
+    """The planted outlier photos are random crops; two crops of one photograph sharing most of their pixels are a
+    re-crop (a real near-duplicate), so the ground truth lists them, and only them."""
+    import numpy as np
+    from PIL import Image
+
+    from curate.engine.demo import RECROP_SHARED_PIXELS, build_demo_dataset, shared_pixels
+
+    assert shared_pixels((0, 0), (0, 0), 200) == 1.0 and shared_pixels((0, 0), (100, 0), 200) == 0.5
+    assert shared_pixels((0, 0), (0, 250), 200) == 0.0 and shared_pixels((10, 20), (30, 60), 100) == 0.8 * 0.6
+    truth = build_demo_dataset(tmp_path / "d", seed=0, n_digits=120)
+    photo_pairs = [p for p in truth.near_duplicates if "photo_" in p[0]]
+    assert all("photo_" in a and "photo_" in b for a, b in photo_pairs)
+    # this seed and size draw three such pairs (the full demo, seed 0, draws two: 70 % and 77 % shared pixels)
+    assert len(photo_pairs) == 3
+    # the recorded crop boxes are where the pixels came from, and the pairs are exactly the boxes that overlap enough
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    for rel, (photo, y, x, size) in truth.outlier_crops.items():
+        expected = Image.fromarray(photos[photo][y:y + size, x:x + size]).resize((64, 64), Image.BICUBIC)
+        got = np.asarray(Image.open(truth.root / rel).convert("RGB"), dtype=np.int16)
+        assert np.abs(got - np.asarray(expected, dtype=np.int16)).max() <= 2, rel
+    crops = truth.outlier_crops
+    want = {frozenset((a, b)) for a in crops for b in crops if a < b and crops[a][0] == crops[b][0]
+            and shared_pixels(tuple(crops[a][1:3]), tuple(crops[b][1:3]), 200) >= RECROP_SHARED_PIXELS}
+    assert {frozenset(p) for p in photo_pairs} == want
