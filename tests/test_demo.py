@@ -82,11 +82,11 @@ def test_overlapping_outlier_crops_are_recorded_as_near_duplicates(tmp_path):
 
     assert shared_pixels((0, 0), (0, 0), 200) == 1.0 and shared_pixels((0, 0), (100, 0), 200) == 0.5
     assert shared_pixels((0, 0), (0, 250), 200) == 0.0 and shared_pixels((10, 20), (30, 60), 100) == 0.8 * 0.6
-    truth = build_demo_dataset(tmp_path / "d", seed=0, n_digits=120)
+    truth = build_demo_dataset(tmp_path / "d", seed=4, n_digits=120)
     photo_pairs = [p for p in truth.near_duplicates if "photo_" in p[0]]
     assert all("photo_" in a and "photo_" in b for a, b in photo_pairs)
-    # this seed and size draw three such pairs (the full demo, seed 0, draws two: 70 % and 77 % shared pixels)
-    assert len(photo_pairs) == 3
+    # this seed and size draw one such pair (as does the full demo with seed 0: 77 % shared pixels)
+    assert len(photo_pairs) == 1
     # the recorded crop boxes are where the pixels came from, and the pairs are exactly the boxes that overlap enough
     from sklearn.datasets import load_sample_images
 
