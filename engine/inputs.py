@@ -112,7 +112,7 @@ class Inputs:
     dim: int = 0
     k: int = 10
     progress: Any = None
-    _cache: dict = field(default_factory=dict, repr=False)  # "emb" -> Embeddings; ("graph", k) -> graph
+    _cache: dict = field(default_factory=dict, repr=False)  # "emb" -> Embeddings; ("graph", k) -> graph; "labels"
 
     @classmethod
     def open(cls, cat: Catalog, encoder: str | None = None, out_of_core: bool | None = None, k: int = 10,
@@ -202,3 +202,11 @@ class Inputs:
     def sample_ids(self) -> np.ndarray:
         """int64 ids of the embedded samples, in the embeddings' row order."""
         return np.asarray(self.embeddings.ids(), np.int64)
+
+    def label_codes(self) -> tuple[list[str], np.ndarray]:
+        """The current labels (live relabels applied) of the embedded samples, in row order, as ``(sorted class
+        names, int64 codes)`` with -1 = unlabeled (:meth:`Catalog.label_codes`).  Read once and shared by every
+        analysis on these inputs: no analysis changes labels, only the decisions made after the audit do."""
+        if "labels" not in self._cache:
+            self._cache["labels"] = self.cat.label_codes(self.sample_ids())
+        return self._cache["labels"]

@@ -317,3 +317,39 @@ def test_inputs_serve_a_smaller_graph_from_a_wider_one(embedded):
     np.testing.assert_allclose(np.asarray(narrow.similarities), np.asarray(wide.similarities)[:, :5])
     fresh = Inputs.open(embedded).graph(5)  # built on its own: the same neighbours (exact search at this size)
     np.testing.assert_array_equal(np.asarray(fresh.indices), np.asarray(narrow.indices))
+
+
+def test_inputs_read_the_labels_once_with_relabels_applied(embedded, monkeypatch):
+    ids = embedded.samples("id")["id"].to_numpy()
+    embedded.add_decision(int(ids[0]), "relabel", new_label="c")
+    inputs = Inputs.open(embedded)
+    names, codes = inputs.label_codes()
+    order = inputs.sample_ids()
+    cur = embedded.current_labels().set_index("sample_id")["label"]
+    assert names == ["a", "b", "c"]
+    assert [names[c] for c in codes] == [cur[i] for i in order]
+    calls = []
+    monkeypatch.setattr(type(embedded), "label_codes", lambda self, s: calls.append(1))
+    assert inputs.label_codes()[1] is codes and calls == []  # served from the inputs, not the catalog again
+    clusters = registry.run(embedded, "clusters", inputs=inputs, k=2, name_clusters=False, map_method="pca")
+    assert calls == [] and clusters.summary["k"] == 2
+
+
+def test_an_analysis_check_refuses_before_a_run_is_recorded(embedded):
+    def check(inputs, config):
+        if config.top > inputs.n:
+            raise CurateError(f"--set top={config.top} is more than the {inputs.n} embedded samples")
+
+    registry.register("toy", toy_compute, config=ToyConfig, tables=("toy_values",), check=check)
+    try:
+        runs = embedded.scalar("SELECT count(*) FROM runs")
+        with pytest.raises(CurateError, match="more than the 20 embedded"):
+            registry.run(embedded, "toy", top=50)
+        assert embedded.scalar("SELECT count(*) FROM runs") == runs  # refused before any run row
+        assert registry.run(embedded, "toy", top=5).summary["n"] == 20
+        # the built-in clusters check reads the catalog's counts: --k above them fails the same way
+        with pytest.raises(CurateError, match="--k 21 is out of range"):
+            registry.run(embedded, "clusters", k=21)
+        assert embedded.scalar("SELECT count(*) FROM runs WHERE kind = 'clusters'") == 0
+    finally:
+        registry.unregister("toy")

@@ -974,8 +974,11 @@ class ClustersConfig(Config):
                 raise CurateError(f"{name} must be at least {low}, got {getattr(self, name)}")
 
 
-def _check(config: ClustersConfig, n: int, in_memory: bool, encoder: str) -> None:
-    """The checks that need the number of vectors and the size switch (one-line errors naming the fix)."""
+def _check(inputs: Any, config: ClustersConfig) -> None:
+    """The checks that need the number of vectors and the size switch, from the catalog's counts, before a run is
+    recorded (one-line errors naming the fix)."""
+    encoder = inputs._need_encoder()  # no embeddings: the "run curate embed" error
+    n, in_memory = inputs.n or len(inputs.embeddings), not inputs.out_of_core
     if not in_memory and config.method != "kmeans":
         raise CurateError(f"--method {config.method} needs every vector in memory; this project is clustered out of "
                           "core, where only --method kmeans is available (or pass --in-memory)")
@@ -1021,9 +1024,8 @@ def compute(inputs: Any, config: ClustersConfig, encoder_model: Any = None) -> R
     emb = inputs.embeddings
     ids = np.asarray(emb.ids(), dtype=np.int64)
     n = len(ids)
-    _check(config, n, emb.in_memory, emb.encoder)
     method, seed = config.method, config.seed
-    names_, codes = cat.label_codes(ids)
+    names_, codes = inputs.label_codes()
     n_label_classes = int(len(np.unique(codes[codes >= 0])))
     k, k_prior = config.k, None
     if k is None and method == "kmeans" and config.k_from_labels and 2 <= n_label_classes <= n:
@@ -1134,7 +1136,8 @@ def _write(cat: Catalog, result: Result, run_id: int, summary: dict) -> None:
 
 ANALYSIS = register("clusters", compute, config=ClustersConfig, title="clusters, their summaries and the 2-D map",
                     tables=("clusters", "cluster_summaries"), needs=frozenset({"embeddings", "graph", "labels"}),
-                    in_memory_only=("hdbscan", "umap map", "cluster refinement"), order=50, write=_write)
+                    in_memory_only=("hdbscan", "umap map", "cluster refinement"), order=50, write=_write,
+                    check=_check)
 
 
 def _load_images_for(cat: Catalog, encoder: Any, sample_ids: np.ndarray) -> Callable[[list[int]], Any] | None:
@@ -1215,8 +1218,6 @@ def run(
                             min_cluster_size=min_cluster_size, map_method=map_method, sample_size=sample_size,
                             k_from_labels=k_from_labels, refine_rounds=refine_rounds, k_criterion=k_criterion)
     inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, progress=progress)
-    if inputs.encoder is not None and inputs.n > 0:  # the catalog's counts: refuse before a run is recorded
-        _check(config, inputs.n, not inputs.out_of_core, inputs.encoder)
     analysis = ANALYSIS
     if encoder_model is not None:
         analysis = dataclasses.replace(ANALYSIS, compute=functools.partial(compute, encoder_model=encoder_model))

@@ -1207,9 +1207,7 @@ def _compute_in_memory(inputs: Any, config: LabelIssuesConfig) -> Result:
     """Probe + kNN vote (or imported predictions) over every vector: :func:`find_label_issues`."""
     cat = inputs.cat
     labels_df, labeled_ids = _labeled_ids(cat)
-    if inputs.encoder is None:  # no embeddings: fine when the user imported predictions for every labeled sample
-        if not _predictions_cover_labels(cat, labeled_ids):
-            inputs.embeddings  # noqa: B018  # raises the "no embeddings: run `curate embed`" error
+    if inputs.encoder is None:  # no embeddings: imported predictions for every labeled sample (see _check)
         sample_ids, vectors, graph = labeled_ids, None, None
     else:
         graph = inputs.graph(config.k)
@@ -1238,7 +1236,7 @@ def _compute_out_of_core(inputs: Any, config: LabelIssuesConfig) -> Result:
     graph = inputs.graph(config.k)
     t_graph = time.perf_counter() - t0
     ids = inputs.sample_ids()
-    names, codes = cat.label_codes(ids)
+    names, codes = inputs.label_codes()
     if not names:
         raise CurateError(f"no labeled samples among the {len(ids)} embedded ones; import labels first "
                           "(`curate import-labels FILE.csv` or class folders at ingest)")
@@ -1294,12 +1292,18 @@ def compute(inputs: Any, config: LabelIssuesConfig) -> Result:
     return _compute_in_memory(inputs, config)
 
 
+def _check(inputs: Any, config: LabelIssuesConfig) -> None:
+    """Before a run is recorded: the embeddings exist, or (a project without them) imported predictions cover every
+    labeled sample, which are then used alone; else the "run curate embed" error."""
+    if inputs.encoder is None and _predictions_cover_labels(inputs.cat):
+        return
+    inputs.embeddings  # noqa: B018  # raises the error that says to run `curate embed`
+
+
 ANALYSIS = register("label_issues", compute, config=LabelIssuesConfig,
                     title="probably wrong labels and what they should be", tables=("label_issues",),
                     needs=frozenset({"embeddings", "graph", "labels"}), graph_option="k", order=10,
-                    in_memory_only=("cross-validated probe", "imported predictions"))
-# the same analysis for a project without embeddings whose imported predictions cover every labeled sample
-_PREDICTIONS_ONLY = dataclasses.replace(ANALYSIS, needs=frozenset({"labels"}))
+                    in_memory_only=("cross-validated probe", "imported predictions"), check=_check)
 
 
 def _config(**options: Any) -> LabelIssuesConfig:
@@ -1332,17 +1336,13 @@ def run_result(cat: Catalog, encoder: str | None = None, k: int = DEFAULT_K, out
     from curate.engine.inputs import Inputs
 
     config = _config(k=k, **cfg)
-    analysis, error = ANALYSIS, None
     try:
         inputs = Inputs.open(cat, encoder=encoder, out_of_core=out_of_core, k=k, progress=progress)
-    except CurateError as exc:  # the named encoder has no embeddings: imported predictions may still do
-        inputs, error = None, exc
-    if inputs is None or inputs.encoder is None:
-        if _predictions_cover_labels(cat):
-            inputs, analysis = Inputs(cat, None, False, k=k, progress=progress), _PREDICTIONS_ONLY
-        elif error is not None:
-            raise error
-    return registry_run(cat, analysis, config, inputs=inputs)
+    except CurateError:  # the named encoder has no embeddings: imported predictions may still do (see _check)
+        if not _predictions_cover_labels(cat):
+            raise
+        inputs = Inputs(cat, None, False, k=k, progress=progress)
+    return registry_run(cat, ANALYSIS, config, inputs=inputs)
 
 
 def top_issues(cat: Catalog, limit: int = 20, issues_only: bool = True) -> pd.DataFrame:

@@ -125,6 +125,10 @@ class Analysis:
     order : position in ``curate audit all`` (ascending; ties by name).
     write : optional ``(cat, result, run_id, summary) -> None`` replacing the default table write (it must finish
         the run, as :meth:`Catalog.replace_analysis` does).
+    check : optional ``(inputs, config) -> None`` run before the run is recorded, raising a one-line
+        :class:`CurateError` for inputs the analysis cannot use (e.g. ``--k`` above the number of vectors).  It
+        replaces the default check, "the embeddings exist" for an analysis that needs them, so an analysis that
+        can also run without vectors (label issues on imported predictions) says so here.
     """
 
     name: str
@@ -139,6 +143,7 @@ class Analysis:
     graph_option: str = ""
     order: int = 100
     write: Callable[..., None] | None = None
+    check: Callable[[Any, Config], None] | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_-]*", self.name):
@@ -252,8 +257,11 @@ def run(cat: Catalog, name: str | Analysis, config: Config | None = None, *, inp
     if config is None and analysis.graph_option and options.get(analysis.graph_option) is None:
         options[analysis.graph_option] = inputs.k
     cfg = analysis.configure(config, **options)
-    if analysis.needs_embeddings:
-        inputs.embeddings  # noqa: B018  # fail before a run is recorded when there are no embeddings
+    # fail before a run is recorded: the analysis's own check, else "the embeddings exist" when it needs them
+    if analysis.check is not None:
+        analysis.check(inputs, cfg)
+    elif analysis.needs_embeddings:
+        inputs.embeddings  # noqa: B018
     params = {**cfg.as_dict(), "encoder": inputs.encoder if analysis.needs_embeddings else None,
               "out_of_core": bool(inputs.out_of_core and analysis.needs_embeddings)}
     run_id = cat.start_run(analysis.kind, params)
