@@ -453,3 +453,43 @@ def test_run_finds_shifted_and_mirrored_copies_by_their_pixels(tmp_path):
     sets = found()
     assert {"p0.png", "p0_shifted.png"} in sets and {"p1.png", "p1_mirror.png"} in sets, sets
     assert len(sets) == 2 and summary["pixel_verified"] >= 2 and summary["leakage_pairs"] == 2
+
+
+def test_pixel_similarity_equals_the_direct_correlation_at_every_shift():
+    """The FFT + summed-area computation is the zero-mean normalised cross-correlation of each overlap, maximised over
+    shifts and views, computed here the slow way; and the symmetric default also tries the views of the first side
+    (a zoomed-in crop matches the wider picture only when the zoom is applied to the wider one)."""
+    from PIL import Image
+
+    from curate.engine.analyses.duplicates import (_one_way_similarity, _signature_variants, pixel_signature,
+                                                   pixel_similarity)
+
+    rng = np.random.default_rng(3)
+    a = (rng.random((40, 32, 32)) * 255).astype(np.float32)
+    b = a + (40 * rng.random((40, 32, 32))).astype(np.float32)
+    b[::2] = np.roll(a[::2], (-3, 2), axis=(1, 2))
+    b[::7] = 5.0  # flat: correlation ~0, no division by zero
+
+    def direct(x, y, shift):
+        out = []
+        for xa, yb in zip(x, y):
+            best = -1.0
+            for v in _signature_variants(yb):
+                for dy in range(-shift, shift + 1):
+                    for dx in range(-shift, shift + 1):
+                        p = xa[max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)].ravel().astype(np.float64)
+                        q = v[max(-dy, 0):32 + min(-dy, 0), max(-dx, 0):32 + min(-dx, 0)].ravel().astype(np.float64)
+                        p, q = p - p.mean(), q - q.mean()
+                        best = max(best, float(p @ q / (np.linalg.norm(p) * np.linalg.norm(q) + 1e-6)))
+            out.append(best)
+        return np.array(out)
+
+    for shift in (0, 3):
+        np.testing.assert_allclose(_one_way_similarity(a, b, shift, block=16), direct(a, b, shift), atol=1e-5)
+    np.testing.assert_allclose(pixel_similarity(a, b), np.maximum(direct(a, b, 3), direct(b, a, 3)), atol=1e-5)
+    # a crop of a photo scaled back up: seen from the crop's side the zoom cannot undo it, from the photo's it can
+    photo = _photo(11, side=64)
+    crop = photo.crop((4, 4, 60, 60)).resize((64, 64), Image.BILINEAR)
+    sp, sc = (pixel_signature(x)[None] for x in (photo, crop))
+    assert pixel_similarity(sc, sp)[0] == pixel_similarity(sp, sc)[0] >= 0.9
+    assert _one_way_similarity(sp, sc, 3)[0] < pixel_similarity(sp, sc)[0]

@@ -590,24 +590,48 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray, max_shift: int = DEFAULT_MAX_
     return best
 
 
-def _one_way_similarity(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
-    """:func:`pixel_similarity` with the views of ``b`` only."""
+def _integral(x: np.ndarray) -> np.ndarray:
+    """Summed-area tables of the last two axes (float64, one leading row and column of zeros)."""
+    out = np.zeros(x.shape[:-2] + (x.shape[-2] + 1, x.shape[-1] + 1), np.float64)
+    out[..., 1:, 1:] = x.cumsum(axis=-2).cumsum(axis=-1)
+    return out
+
+
+def _window_sums(table: np.ndarray, r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Sums of the windows ``[r0, r1) x [c0, c1)`` (one per index) from a summed-area table: shape ``(..., K)``."""
+    return table[..., r1, c1] - table[..., r0, c1] - table[..., r1, c0] + table[..., r0, c0]
+
+
+def _one_way_similarity(a: np.ndarray, b: np.ndarray, max_shift: int, block: int = 128) -> np.ndarray:
+    """:func:`pixel_similarity` with the views of ``b`` only.
+
+    The correlation at every shift at once: the raw cross-correlation from one FFT per view (padded so that shifts
+    up to ``max_shift`` do not wrap), the per-overlap means and norms from summed-area tables, so that
+    ``(sum ab - sum a sum b / P) / (|a - mean a| |b - mean b|)`` over each overlap of ``P`` pixels is exactly the
+    zero-mean normalised cross-correlation of the overlapping parts.
+    """
     m, size = len(a), a.shape[-1]
     best = np.full(m, -1.0)
     if not m:
         return best
-    views = np.stack([_signature_variants(x) for x in b])  # (m, V, s, s)
-    for dy in range(-max_shift, max_shift + 1):
-        ya, yb = slice(max(dy, 0), size + min(dy, 0)), slice(max(-dy, 0), size + min(-dy, 0))
-        for dx in range(-max_shift, max_shift + 1):
-            xa, xb = slice(max(dx, 0), size + min(dx, 0)), slice(max(-dx, 0), size + min(-dx, 0))
-            pa = a[:, ya, xa].reshape(m, 1, -1)
-            pb = views[:, :, yb, xb].reshape(m, views.shape[1], -1)
-            pa = pa - pa.mean(axis=2, keepdims=True)
-            pb = pb - pb.mean(axis=2, keepdims=True)
-            num = np.einsum("mvp,mvp->mv", np.broadcast_to(pa, pb.shape), pb)
-            den = np.linalg.norm(pa, axis=2) * np.linalg.norm(pb, axis=2) + 1e-6
-            best = np.maximum(best, (num / den).max(axis=1))
+    d = np.arange(-max_shift, max_shift + 1)
+    dy, dx = np.repeat(d, len(d)), np.tile(d, len(d))  # every shift; a[y, x] meets view[y - dy, x - dx]
+    a_rows = (np.maximum(dy, 0), size + np.minimum(dy, 0), np.maximum(dx, 0), size + np.minimum(dx, 0))
+    b_rows = (np.maximum(-dy, 0), size + np.minimum(-dy, 0), np.maximum(-dx, 0), size + np.minimum(-dx, 0))
+    pixels = ((size - np.abs(dy)) * (size - np.abs(dx))).astype(np.float64)
+    n = size + max_shift
+    for s in range(0, m, block):
+        A = np.asarray(a[s:s + block], np.float64)
+        V = np.stack([_signature_variants(x) for x in b[s:s + block]]).astype(np.float64)  # (mb, V, s, s)
+        corr = np.fft.irfft2(np.fft.rfft2(A, s=(n, n))[:, None] * np.conj(np.fft.rfft2(V, s=(n, n))), s=(n, n))
+        cross = corr[..., dy % n, dx % n]  # (mb, V, shifts)
+        sa = _window_sums(_integral(A), *a_rows)[:, None]
+        saa = _window_sums(_integral(A * A), *a_rows)[:, None]
+        sv = _window_sums(_integral(V), *b_rows)
+        svv = _window_sums(_integral(V * V), *b_rows)
+        cov = cross - sa * sv / pixels
+        norm = np.sqrt(np.maximum(saa - sa * sa / pixels, 0.0)) * np.sqrt(np.maximum(svv - sv * sv / pixels, 0.0))
+        best[s:s + block] = (cov / (norm + 1e-6)).reshape(len(A), -1).max(axis=1)
     return best
 
 
@@ -1356,14 +1380,12 @@ def compute(inputs: Any, config: DuplicatesConfig) -> Result:
     names, codes = cat.label_codes(row_ids)
     names_arr = np.array(list(names) + [None], dtype=object)
     labels = names_arr[codes].tolist()  # -1 -> None
-    issue_ids = set()
-    if cat.scalar("SELECT count(*) FROM label_issues WHERE is_issue"):
-        issue_ids = {r[0] for r in cat.query("SELECT sample_id FROM label_issues WHERE is_issue")}
-    has_issue = np.isin(row_ids, np.fromiter(issue_ids, np.int64, len(issue_ids)))
-    pos = {int(s): r for r, s in enumerate(row_ids)}
-    live = cat.live_decisions()
-    overrides = {pos[int(s)]: int(d) for s, d, a in zip(live.get("sample_id", []), live.get("id", []),
-                                                        live.get("action", [])) if a == "merge" and int(s) in pos}
+    issue_ids = cat.query_df("SELECT sample_id FROM label_issues WHERE is_issue")["sample_id"].to_numpy(np.int64)
+    has_issue = np.isin(row_ids, issue_ids)
+    # live merge decisions (a reviewer's keeper choice), placed on their rows by one index lookup
+    merges = cat.query_df("SELECT sample_id, id FROM live_decisions WHERE action = 'merge'")
+    at = pd.Index(row_ids).get_indexer(merges["sample_id"].to_numpy(np.int64))
+    overrides = {int(r): int(d) for r, d in zip(at, merges["id"].to_numpy(np.int64)) if r >= 0}
     area = (info["width"].astype(float) * info["height"].astype(float)).to_numpy()
     keepers = choose_keepers(members, row_ids, area=area, has_label_issue=has_issue, labels=labels,
                              overrides=overrides)
