@@ -302,16 +302,12 @@ def run_ours_with_pixels(X: np.ndarray, hashes: list[str], threshold: float, fil
     """What ``curate audit duplicates`` runs in memory: :func:`run_ours` plus the pixel check of close neighbours
     below the threshold (candidate pairs from the kNN graph, verified on 32 px signatures against a reference
     neighbour; :func:`candidate_pairs`, :func:`verify_pairs`)."""
-    from curate.engine.analyses.duplicates import DEFAULT_VERIFY_K, candidate_pairs, file_features, verify_pairs
+    from curate.engine.analyses.duplicates import file_features, pixel_check_plan, verify_pairs
     from curate.indexes.knn import knn_graph
 
     t0 = time.perf_counter()
     graph = knn_graph(X, k=min(k, len(X) - 1))
-    cand = candidate_pairs(graph, threshold)
-    gidx = np.asarray(graph.indices, dtype=np.int64)
-    reference = gidx[:, min(DEFAULT_VERIFY_K, gidx.shape[1] - 1)]
-    rows = np.unique(np.concatenate([cand.i, cand.j]))
-    rows = np.unique(np.concatenate([rows, reference[rows][reference[rows] >= 0]]))
+    cand, reference, rows = pixel_check_plan(graph, threshold)
     ph, valid, sig, sig_ok = file_features(files, np.arange(len(files)), rows)
     verified, _ = verify_pairs(cand, sig, sig_ok, reference=reference)
     sets = find_near_duplicates(X, threshold, knn_graph=graph, content_hashes=hashes, perceptual_hashes=ph,

@@ -833,7 +833,7 @@ class _Batch(Result):
     export_error: Exception | None = None
 
 
-def _pool(emb: Any, codes: np.ndarray, pool_size: int, seed: int) -> tuple[np.ndarray, dict | None]:
+def _pool(emb: Any, ids: np.ndarray, codes: np.ndarray, pool_size: int, seed: int) -> tuple[np.ndarray, dict | None]:
     """Global rows of the candidate pool, in sample-id order, and a description of it (None: every row).
 
     In memory the pool is every row.  Out of core it is a seeded pool of ``pool_size`` rows: the labeled rows
@@ -849,7 +849,7 @@ def _pool(emb: Any, codes: np.ndarray, pool_size: int, seed: int) -> tuple[np.nd
     n_unl = min(len(unl), max(0, pool_size - n_lab))
     rows = np.concatenate([rng.choice(lab, n_lab, replace=False) if n_lab < len(lab) else lab,
                            rng.choice(unl, n_unl, replace=False) if n_unl < len(unl) else unl])
-    rows = rows[np.argsort(np.asarray(emb.ids(), np.int64)[rows], kind="stable")]
+    rows = rows[np.argsort(ids[rows], kind="stable")]
     info = {"rows": int(n), "pool": int(len(rows)), "labeled_in_pool": int(n_lab),
             "unlabeled_in_pool": int(n_unl), "unlabeled_total": int(len(unl)), "seed": seed}
     return rows, info
@@ -882,7 +882,7 @@ def compute(inputs: Any, config: QueryConfig) -> Result:
     emb = inputs.embeddings
     all_ids = np.asarray(emb.ids(), dtype=np.int64)
     names_, all_codes = inputs.label_codes()
-    rows, pool_info = _pool(emb, all_codes, int(config.pool_size), config.seed)
+    rows, pool_info = _pool(emb, all_ids, all_codes, int(config.pool_size), config.seed)
     ids = all_ids[rows]
     # the whole set is emb.sample(len): the in-memory set hands back its own array (no copy)
     X = emb.sample(len(emb))[1] if pool_info is None else emb.take(rows)

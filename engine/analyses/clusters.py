@@ -975,10 +975,10 @@ class ClustersConfig(Config):
 
 
 def _check(inputs: Any, config: ClustersConfig) -> None:
-    """The checks that need the number of vectors and the size switch, from the catalog's counts, before a run is
-    recorded (one-line errors naming the fix)."""
-    encoder = inputs._need_encoder()  # no embeddings: the "run curate embed" error
-    n, in_memory = inputs.n or len(inputs.embeddings), not inputs.out_of_core
+    """The checks that need the number of vectors and the size switch, before a run is recorded (one-line errors
+    naming the fix)."""
+    emb = inputs.embeddings  # no embeddings: the "run curate embed" error
+    n, in_memory, encoder = len(emb), emb.in_memory, emb.encoder
     if not in_memory and config.method != "kmeans":
         raise CurateError(f"--method {config.method} needs every vector in memory; this project is clustered out of "
                           "core, where only --method kmeans is available (or pass --in-memory)")

@@ -655,6 +655,20 @@ def candidate_pairs(knn_graph: Any, threshold: float, verify_k: int = DEFAULT_VE
     return _canonical_pairs(i[keep], j[keep], s[keep])
 
 
+def pixel_check_plan(knn_graph: Any, threshold: float, verify_k: int = DEFAULT_VERIFY_K,
+                     candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD
+                     ) -> tuple[DuplicatePairs, np.ndarray, np.ndarray]:
+    """What the pixel check needs from the kNN graph: the candidate pairs (:func:`candidate_pairs`), each row's
+    reference neighbour (the first one past the ``verify_k`` checked ones) and the rows whose signatures must be
+    read (both sides of every candidate and their references)."""
+    cand = candidate_pairs(knn_graph, threshold, verify_k=verify_k, candidate_threshold=candidate_threshold)
+    gidx = np.asarray(knn_graph.indices, dtype=np.int64)
+    reference = gidx[:, min(verify_k, gidx.shape[1] - 1)]
+    rows = np.unique(np.concatenate([cand.i, cand.j]))
+    rows = np.unique(np.concatenate([rows, reference[rows][reference[rows] >= 0]]))
+    return cand, reference, rows
+
+
 def verify_pairs(pairs: DuplicatePairs, signatures: np.ndarray, has_signature: np.ndarray | None = None,
                  pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD,
                  assist: tuple[float, float] = DEFAULT_PIXEL_ASSIST, reference: np.ndarray | None = None,
@@ -1346,12 +1360,8 @@ def compute(inputs: Any, config: DuplicatesConfig) -> Result:
     pixel_info: dict[str, Any] = {"pixel_check": use_pixels}
     cand, reference, sig_rows = None, None, np.empty(0, np.int64)
     if use_pixels:
-        cand = candidate_pairs(graph, threshold, verify_k=config.verify_k,
-                               candidate_threshold=config.candidate_threshold)
-        gidx = np.asarray(graph.indices, dtype=np.int64)
-        reference = gidx[:, min(config.verify_k, gidx.shape[1] - 1)]  # the first neighbour past the checked ones
-        sig_rows = np.unique(np.concatenate([cand.i, cand.j]))
-        sig_rows = np.unique(np.concatenate([sig_rows, reference[sig_rows][reference[sig_rows] >= 0]]))
+        cand, reference, sig_rows = pixel_check_plan(graph, threshold, verify_k=config.verify_k,
+                                                     candidate_threshold=config.candidate_threshold)
     phashes = valid = None
     # one decode per file for both the perceptual hashes and the pixel signatures
     t_read = time.perf_counter()
